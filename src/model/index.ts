@@ -1,0 +1,6 @@
+export * from "./schema.js";
+export * from "./names.js";
+export * from "./rules.js";
+export * from "./limits.js";
+export * from "./store.js";
+export * from "./macpool.js";

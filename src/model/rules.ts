@@ -1,0 +1,153 @@
+import { resolve } from "node:path";
+import { VmhostError } from "../util/errors.js";
+import { LIMITS } from "./limits.js";
+import { validateName } from "./names.js";
+import type { ControllerType, VmConfig } from "./schema.js";
+
+/** What the rules need to know about the host; passed in so the model stays free of probing. */
+export interface HostCapacity {
+  logicalProcessors: number;
+  memoryMiB: number;
+}
+
+/** A rule broken: `rule` names it, the message says what to do. */
+export class RuleError extends VmhostError {
+  constructor(
+    readonly rule: string,
+    message: string,
+  ) {
+    super(`rule:${rule}`, message, 422);
+  }
+}
+
+interface Located {
+  controllerType: ControllerType;
+  controllerNumber: number;
+  controllerLocation: number;
+}
+
+function slotName(d: Located): string {
+  return `${d.controllerType} ${d.controllerNumber}:${d.controllerLocation}`;
+}
+
+export function checkSlot(generation: 1 | 2, d: Located, what: string): void {
+  if (d.controllerType === "IDE") {
+    if (generation === 2) {
+      throw new RuleError(
+        "generation-2-no-ide",
+        `Generation 2 virtual machines have no IDE controller: attach the ${what} to a SCSI controller`,
+      );
+    }
+    if (d.controllerNumber >= LIMITS.ideControllers || d.controllerLocation >= LIMITS.ideLocations) {
+      throw new RuleError(
+        "ide-limit",
+        `IDE ${d.controllerNumber}:${d.controllerLocation} does not exist: there are ${LIMITS.ideControllers} IDE controllers with locations 0-${LIMITS.ideLocations - 1}`,
+      );
+    }
+  } else {
+    if (d.controllerNumber >= LIMITS.scsiControllers || d.controllerLocation >= LIMITS.scsiLocations) {
+      throw new RuleError(
+        "scsi-limit",
+        `SCSI ${d.controllerNumber}:${d.controllerLocation} does not exist: there are ${LIMITS.scsiControllers} SCSI controllers with locations 0-${LIMITS.scsiLocations - 1}`,
+      );
+    }
+  }
+}
+
+/**
+ * Every rule a VM configuration must satisfy. `others` are the other VMs on the host,
+ * for the rule that one disk image belongs to one VM.
+ */
+export function validateVm(vm: VmConfig, host: HostCapacity, others: readonly VmConfig[] = []): void {
+  validateName(vm.name);
+  if (vm.processorCount > host.logicalProcessors) {
+    throw new RuleError(
+      "processor-count",
+      `${vm.processorCount} virtual processors is more than this host's ${host.logicalProcessors} logical processors`,
+    );
+  }
+  if (vm.memoryMiB < LIMITS.minMemoryMiB) {
+    throw new RuleError("memory-minimum", `memory ${vm.memoryMiB} MiB is below the minimum of ${LIMITS.minMemoryMiB} MiB`);
+  }
+  if (vm.memoryMiB % LIMITS.memoryGranularityMiB !== 0) {
+    throw new RuleError("memory-granularity", `memory must be a multiple of ${LIMITS.memoryGranularityMiB} MiB (got ${vm.memoryMiB} MiB)`);
+  }
+  if (vm.memoryMiB > host.memoryMiB) {
+    throw new RuleError("memory-host", `memory ${vm.memoryMiB} MiB is more than this host's ${host.memoryMiB} MiB`);
+  }
+
+  const used = new Map<string, string>();
+  const claim = (d: Located, what: string) => {
+    checkSlot(vm.generation, d, what);
+    const key = slotName(d);
+    const prev = used.get(key);
+    if (prev) throw new RuleError("slot-in-use", `${key} is already used by ${prev}`);
+    used.set(key, what);
+  };
+  for (const d of vm.hardDisks) claim(d, `hard disk ${d.path}`);
+  for (const d of vm.dvdDrives) {
+    if (vm.generation === 1 && d.controllerType !== "IDE") {
+      throw new RuleError("generation-1-dvd-on-ide", "Generation 1 virtual machines attach DVD drives to IDE controllers only");
+    }
+    claim(d, `DVD drive`);
+  }
+
+  const paths = new Set<string>();
+  for (const d of vm.hardDisks) {
+    const p = resolve(d.path);
+    if (paths.has(p)) throw new RuleError("disk-in-use", `disk ${p} is attached twice`);
+    paths.add(p);
+  }
+  for (const other of others) {
+    if (other.id === vm.id) continue;
+    for (const d of other.hardDisks) {
+      if (paths.has(resolve(d.path))) {
+        throw new RuleError("disk-in-use", `disk ${resolve(d.path)} already belongs to VM "${other.name}"`);
+      }
+    }
+  }
+
+  const legacy = vm.networkAdapters.filter((n) => n.type === "Legacy").length;
+  const synthetic = vm.networkAdapters.length - legacy;
+  if (legacy > 0 && vm.generation === 2) {
+    throw new RuleError(
+      "generation-2-no-legacy-adapter",
+      "Generation 2 virtual machines have no legacy network adapter: use a synthetic adapter (it can network-boot over IPv4 and IPv6)",
+    );
+  }
+  if (legacy > LIMITS.legacyAdapters) {
+    throw new RuleError("legacy-adapter-limit", `at most ${LIMITS.legacyAdapters} legacy network adapters per VM`);
+  }
+  if (synthetic > LIMITS.syntheticAdapters) {
+    throw new RuleError("synthetic-adapter-limit", `at most ${LIMITS.syntheticAdapters} synthetic network adapters per VM`);
+  }
+  const nicNames = new Set<string>();
+  const macs = new Set<string>();
+  for (const n of vm.networkAdapters) {
+    if (nicNames.has(n.name)) throw new RuleError("adapter-name-in-use", `network adapter name "${n.name}" is used twice`);
+    nicNames.add(n.name);
+    if (macs.has(n.macAddress)) throw new RuleError("mac-in-use", `MAC address ${n.macAddress} is used twice`);
+    macs.add(n.macAddress);
+  }
+}
+
+/** Generation 2 has no floppy drive (Hyper-V rule); a request for one is refused by name. */
+export function refuseFloppy(generation: 1 | 2): void {
+  if (generation === 2) {
+    throw new RuleError("generation-2-no-floppy", "Generation 2 virtual machines have no floppy drive");
+  }
+}
+
+/** First free location on the given controller type, trying controllers in order. */
+export function firstFreeSlot(vm: VmConfig, type: ControllerType): Located {
+  const taken = new Set([...vm.hardDisks, ...vm.dvdDrives].map(slotName));
+  const controllers = type === "IDE" ? LIMITS.ideControllers : LIMITS.scsiControllers;
+  const locations = type === "IDE" ? LIMITS.ideLocations : LIMITS.scsiLocations;
+  for (let c = 0; c < controllers; c++) {
+    for (let l = 0; l < locations; l++) {
+      const slot = { controllerType: type, controllerNumber: c, controllerLocation: l };
+      if (!taken.has(slotName(slot))) return slot;
+    }
+  }
+  throw new RuleError(type === "IDE" ? "ide-limit" : "scsi-limit", `no free ${type} location left on this VM`);
+}

@@ -1,0 +1,93 @@
+import { z } from "zod";
+
+/** The on-disk and API shape of a VM. Engine-neutral: Hyper-V's vocabulary, not QEMU's. */
+
+export const Generation = z.union([z.literal(1), z.literal(2)]);
+export type Generation = z.infer<typeof Generation>;
+
+export const ControllerType = z.enum(["IDE", "SCSI"]);
+export type ControllerType = z.infer<typeof ControllerType>;
+
+const Slot = {
+  controllerType: ControllerType,
+  controllerNumber: z.number().int().min(0),
+  controllerLocation: z.number().int().min(0),
+};
+
+export const DiskFormat = z.enum(["vhdx", "qcow2", "raw"]);
+export type DiskFormat = z.infer<typeof DiskFormat>;
+
+export const HardDisk = z
+  .object({
+    ...Slot,
+    path: z.string().min(1),
+    format: DiskFormat,
+  })
+  .strict();
+export type HardDisk = z.infer<typeof HardDisk>;
+
+export const DvdDrive = z
+  .object({
+    ...Slot,
+    /** ISO image in the drive, or null when empty. */
+    path: z.string().min(1).nullable(),
+  })
+  .strict();
+export type DvdDrive = z.infer<typeof DvdDrive>;
+
+export const MacAddress = z.string().regex(/^([0-9A-F]{2}:){5}[0-9A-F]{2}$/, "MAC address must look like 00:15:5D:01:02:03");
+
+export const NetworkAdapter = z
+  .object({
+    name: z.string().min(1).max(64),
+    /** Synthetic = paravirtual (virtio-net); Legacy = emulated NIC that firmware and old guests drive (Gen1 only). */
+    type: z.enum(["Synthetic", "Legacy"]),
+    macAddress: MacAddress,
+    dynamicMac: z.boolean(),
+    switchName: z.string().min(1),
+  })
+  .strict();
+export type NetworkAdapter = z.infer<typeof NetworkAdapter>;
+
+export const SecureBootTemplate = z.enum(["MicrosoftWindows", "MicrosoftUEFICertificateAuthority", "OpenSourceShieldedVM"]);
+export type SecureBootTemplate = z.infer<typeof SecureBootTemplate>;
+
+export const Gen1BootDevice = z.enum(["CD", "IDE", "LegacyNetworkAdapter", "Floppy"]);
+export type Gen1BootDevice = z.infer<typeof Gen1BootDevice>;
+
+export const FirmwareSettings = z
+  .object({
+    /** Gen2 only. */
+    secureBoot: z.boolean().default(false),
+    secureBootTemplate: SecureBootTemplate.default("MicrosoftUEFICertificateAuthority"),
+    preferredNetworkBootProtocol: z.enum(["IPv4", "IPv6"]).default("IPv4"),
+    pauseAfterBootFailure: z.boolean().default(false),
+    /** Gen1 only: Hyper-V's BIOS startup order. */
+    startupOrder: z.array(Gen1BootDevice).default(["CD", "IDE", "LegacyNetworkAdapter", "Floppy"]),
+  })
+  .strict();
+export type FirmwareSettings = z.infer<typeof FirmwareSettings>;
+
+export const VmConfig = z
+  .object({
+    formatVersion: z.literal(1),
+    name: z.string(),
+    id: z.string().uuid(),
+    generation: Generation,
+    processorCount: z.number().int().min(1),
+    memoryMiB: z.number().int().min(32),
+    notes: z.string().max(4096).default(""),
+    createdAt: z.string(),
+    hardDisks: z.array(HardDisk).default([]),
+    dvdDrives: z.array(DvdDrive).default([]),
+    networkAdapters: z.array(NetworkAdapter).default([]),
+    firmware: FirmwareSettings.default({}),
+    /** Set when the VM was made from the built-in appliance: which build its disk sits on. */
+    appliance: z.object({ id: z.string(), kernel: z.string() }).strict().optional(),
+  })
+  .strict();
+export type VmConfig = z.infer<typeof VmConfig>;
+
+/** Runtime states, as Hyper-V names them. */
+export const VmState = z.enum(["Off", "Starting", "Running", "Paused", "Saved", "Stopping", "Saving"]);
+export type VmState = z.infer<typeof VmState>;

@@ -320,7 +320,8 @@ export async function run(): Promise<void> {
     process.exitCode = await main(process.argv.slice(2));
   } catch (err) {
     const e = err as Error & { code?: string };
-    process.stderr.write(`vmhost: ${e.message}\n`);
+    const rule = e.code?.startsWith("rule:") ? ` (rule ${e.code.slice(5)})` : "";
+    process.stderr.write(`vmhost: ${e.message}${rule}\n`);
     process.exitCode = e.code === "usage" ? 2 : 1;
   }
 }

@@ -74,7 +74,7 @@ export interface VmView {
   acceleratorReason?: string;
   hasSavedState: boolean;
   lastExit?: VmRuntimeView["lastExit"];
-  paths: { config: string; console: string };
+  paths: { config: string; console: string; serialSocket?: string };
 }
 
 export interface ListEntry {
@@ -212,7 +212,11 @@ export class VmManager {
       ...(rt.pid ? { pid: rt.pid, startedAt: rt.startedAt, accelerator: rt.accel, acceleratorReason: rt.accelReason } : {}),
       hasSavedState: rt.hasSavedState,
       ...(rt.lastExit && rt.state === "Off" ? { lastExit: rt.lastExit } : {}),
-      paths: { config: this.store.configPath(vm.name), console: files.consoleLog },
+      paths: {
+        config: this.store.configPath(vm.name),
+        console: files.consoleLog,
+        ...(rt.pid ? { serialSocket: join(this.supervisor.runDirFor(vm), "serial.sock") } : {}),
+      },
     };
   }
 
@@ -223,8 +227,9 @@ export class VmManager {
 
   async consoleSocket(name: string): Promise<string> {
     const vm = await this.get(name);
-    if (!this.supervisor.isRunning(vm.id)) throw new VmhostError("invalid-state", `VM "${name}" is not running`, 409);
-    return join(this.supervisor.runDirFor(vm), "serial.sock");
+    const socket = (await this.show(name)).paths.serialSocket;
+    if (!socket) throw new VmhostError("invalid-state", `VM "${name}" is not running`, 409);
+    return socket;
   }
 
   // ---- changing the configuration ------------------------------------------------------

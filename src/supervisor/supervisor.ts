@@ -12,6 +12,7 @@ import { QmpClient, type QmpEvent } from "../engine/qemu/qmp.js";
 import { VmhostError } from "../util/errors.js";
 import { KeyedMutex } from "../util/mutex.js";
 import { consoleTail, rotateIfLarge } from "./console-log.js";
+import { ConsoleWatcher } from "./console-watch.js";
 import { EventJournal, type VmEvent } from "./events.js";
 import { isSameProcessAlive, processCmdline, processStartTime, sleep, waitForExit } from "./proc.js";
 import {
@@ -52,6 +53,7 @@ interface Running {
   childExited?: Promise<void>;
   shutdownReason?: string;
   intent: Intent;
+  console: ConsoleWatcher;
   gone: Promise<ExitRecord>;
   markGone: (r: ExitRecord) => void;
 }
@@ -126,6 +128,7 @@ export class Supervisor extends EventEmitter {
   close(): void {
     if (this.rotateTimer) clearInterval(this.rotateTimer);
     for (const r of this.running.values()) {
+      r.console.stop();
       r.qmp.removeAllListeners("close");
       r.qmp.close();
     }
@@ -324,10 +327,12 @@ export class Supervisor extends EventEmitter {
       childExit: exitInfo,
       childExited,
       intent: undefined,
+      console: new ConsoleWatcher(files.consoleLog, (line) => this.emit("console-line", vm.name, line)),
       gone,
       markGone,
     };
     this.running.set(vm.id, r);
+    void r.console.start(true);
     qmp.on("event", (ev: QmpEvent) => this.onQmpEvent(r, ev));
     qmp.once("close", () => void this.onQemuGone(r));
     return r;
@@ -368,6 +373,7 @@ export class Supervisor extends EventEmitter {
     if (r.childExited) await Promise.race([r.childExited, sleep(1000)]);
     else await waitForExit(r.record.pid, r.record.startTime, 1000);
     const reason = this.exitReason(r);
+    r.console.stop();
     this.running.delete(r.id);
     const saved = r.intent === "save" && (await exists(r.files.savedState));
     const exit = await this.recordExit(r.name, r.files, saved ? "state saved" : reason, !saved && r.intent === undefined);
@@ -623,6 +629,12 @@ export class Supervisor extends EventEmitter {
   /** Only for tests and benchmarks: the QMP connection of a running VM. */
   qmpOf(vm: VmConfig): QmpClient | undefined {
     return this.running.get(vm.id)?.qmp;
+  }
+
+  /** Seconds since the console last printed anything (for stall detection), or undefined when off. */
+  consoleQuietSeconds(vm: VmConfig): number | undefined {
+    const r = this.running.get(vm.id);
+    return r ? (Date.now() - r.console.lastOutputAt) / 1000 : undefined;
   }
 
   runningPids(): number[] {

@@ -6,6 +6,7 @@ import { parseSize } from "../util/size.js";
 import { attachConsole } from "./console.js";
 import { runDemo } from "./demo.js";
 import { printTable, printVm, printHost } from "./format.js";
+import { GUEST_USAGE, followEvents, guestCommand } from "./guest-commands.js";
 import { serviceCommand } from "./service.js";
 
 const USAGE = `vmhost: Hyper-V-style virtual machines on QEMU
@@ -23,7 +24,9 @@ VMs
   dvd set NAME ISO [--drive "IDE 1:0"]        dvd eject NAME [--drive REF]
   nic add NAME [--legacy] [--name NAME] [--mac MAC]
   nic remove NAME ADAPTER
-  console NAME [--log]          events NAME [--json]
+  console NAME [--log]          events NAME [--json] [--follow]
+
+${GUEST_USAGE}
 
 Host
   host [--json] [--probe]       appliance build [--force]
@@ -275,7 +278,8 @@ export async function main(argv: string[]): Promise<number> {
     }
 
     case "events": {
-      const { values: v, positionals: p } = args(rest, {});
+      const { values: v, positionals: p } = args(rest, { follow: { type: "boolean" } });
+      if (v["follow"]) return followEvents(api, need(p, 0, "VM name"), !!v["json"]);
       const evs = await api.call<{ at: string; type: string; message: string }[]>("GET", `/v1/vms/${enc(need(p, 0, "VM name"))}/events`);
       out(!!v["json"], evs, () => {
         for (const e of evs) console.log(`${e.at}  ${e.type.padEnd(20)} ${e.message}`);
@@ -304,6 +308,12 @@ export async function main(argv: string[]): Promise<number> {
 
     case "service":
       return serviceCommand(api, rest);
+
+    case "integration":
+    case "kvp":
+    case "copy-file":
+    case "vss":
+      return guestCommand(api, cmd, rest);
 
     case "demo": {
       const { values: v } = args(rest, { "keep-running": { type: "boolean" } });

@@ -68,6 +68,33 @@ export const FirmwareSettings = z
   .strict();
 export type FirmwareSettings = z.infer<typeof FirmwareSettings>;
 
+/**
+ * Integration services (Get-VMIntegrationService) and the host's KVP items for the guest
+ * (Hyper-V keeps those in the VM's configuration and hands them to the guest on every
+ * contact). Omitted in older files: Hyper-V's defaults apply.
+ */
+export const IntegrationServices = z
+  .object({
+    enabled: z
+      .object({
+        guestServiceInterface: z.boolean().default(false),
+        heartbeat: z.boolean().default(true),
+        keyValuePairExchange: z.boolean().default(true),
+        shutdown: z.boolean().default(true),
+        timeSynchronization: z.boolean().default(true),
+        vss: z.boolean().default(true),
+      })
+      .strict()
+      .default({}),
+    /** Host-to-guest items (KVP external pool); UTF-8 limits are the KVP record's (511/2047 bytes). */
+    hostKvpItems: z
+      .array(z.object({ key: z.string().min(1).max(511), value: z.string().max(2047) }).strict())
+      .max(1024)
+      .default([]),
+  })
+  .strict();
+export type IntegrationServices = z.infer<typeof IntegrationServices>;
+
 export const VmConfig = z
   .object({
     formatVersion: z.literal(1),
@@ -84,6 +111,7 @@ export const VmConfig = z
     firmware: FirmwareSettings.default({}),
     /** Set when the VM was made from the built-in appliance: which build its disk sits on. */
     appliance: z.object({ id: z.string(), kernel: z.string() }).strict().optional(),
+    integrationServices: IntegrationServices.optional(),
   })
   .strict();
 export type VmConfig = z.infer<typeof VmConfig>;

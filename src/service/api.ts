@@ -4,6 +4,7 @@ import { ensureAppliance } from "../images/appliance/index.js";
 import { DiskFormat } from "../model/schema.js";
 import { VmhostError } from "../util/errors.js";
 import type { VmManager } from "./manager.js";
+import { guestRoutes, handleGuestStream } from "./routes-guest.js";
 
 /** Request bodies, validated at the edge. */
 export const Schemas = {
@@ -109,6 +110,7 @@ const routes: [string, RegExp, Handler][] = [
       return { dir: app.dir, manifest: app.manifest, log: lines };
     },
   ],
+  ...guestRoutes,
 ];
 
 async function readBody(req: IncomingMessage, limit = 1024 * 1024): Promise<unknown> {
@@ -131,6 +133,7 @@ export function apiHandler(manager: VmManager, onActivity: () => void) {
   return async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
     onActivity();
     const url = new URL(req.url ?? "/", "http://vmhost");
+    if (await handleGuestStream(manager, req, res, url, (r) => readBody(r))) return;
     let status = 200;
     let payload: unknown;
     try {

@@ -26,6 +26,7 @@ import { Supervisor, type VmRuntimeView } from "../supervisor/supervisor.js";
 import { readConsole } from "../supervisor/console-log.js";
 import { VmhostError, notFound } from "../util/errors.js";
 import { homeLayout, type HomeLayout } from "../util/home.js";
+import { IntegrationManager } from "./integration.js";
 
 export const DEFAULT_SWITCH = "Default Switch";
 
@@ -74,6 +75,8 @@ export interface VmView {
   acceleratorReason?: string;
   hasSavedState: boolean;
   lastExit?: VmRuntimeView["lastExit"];
+  /** Integration services' Heartbeat while the VM runs ("OK, 2 s ago"). */
+  heartbeat?: { status: string; detail: string };
   paths: { config: string; console: string; serialSocket?: string };
 }
 
@@ -113,6 +116,7 @@ export class VmManager {
   readonly supervisor: Supervisor;
   private readonly macs: MacPool;
   private accel?: Promise<AccelDecision>;
+  readonly integration: IntegrationManager;
 
   constructor(home?: string) {
     this.layout = homeLayout(home);
@@ -125,6 +129,9 @@ export class VmManager {
         throw new Error("host paths not resolved");
       },
     });
+    this.integration = new IntegrationManager(this);
+    // Every state change is journaled, so `events` tells the VM's whole story.
+    this.supervisor.on("state", (name: string, state: VmState) => void this.supervisor.event(name, "state", `state: ${state}`, { state }));
   }
 
   async init(): Promise<void> {
@@ -212,6 +219,7 @@ export class VmManager {
       ...(rt.pid ? { pid: rt.pid, startedAt: rt.startedAt, accelerator: rt.accel, acceleratorReason: rt.accelReason } : {}),
       hasSavedState: rt.hasSavedState,
       ...(rt.lastExit && rt.state === "Off" ? { lastExit: rt.lastExit } : {}),
+      ...(rt.pid && this.integration.heartbeatOf(vm) ? { heartbeat: this.integration.heartbeatOf(vm) } : {}),
       paths: {
         config: this.store.configPath(vm.name),
         console: files.consoleLog,

@@ -80,6 +80,11 @@ export class Supervisor extends EventEmitter {
   private readonly locks = new KeyedMutex();
   private rotateTimer?: NodeJS.Timeout;
   readonly journal: EventJournal;
+  /**
+   * Set by the integration services: asks the guest to shut down through its agent, true when
+   * it took the request; stop falls back to the ACPI power button otherwise.
+   */
+  guestShutdown?: (vm: VmConfig) => Promise<boolean>;
 
   constructor(
     readonly store: ConfigStore,
@@ -131,6 +136,7 @@ export class Supervisor extends EventEmitter {
       r.console.stop();
       r.qmp.removeAllListeners("close");
       r.qmp.close();
+      this.emit("detached", r.name, r.id);
     }
     this.running.clear();
   }
@@ -332,6 +338,8 @@ export class Supervisor extends EventEmitter {
       markGone,
     };
     this.running.set(vm.id, r);
+    // Integration services attach their guest agent session here ("detached" when QEMU goes).
+    this.emit("attached", vm, record.runDir);
     void r.console.start(true);
     qmp.on("event", (ev: QmpEvent) => this.onQmpEvent(r, ev));
     qmp.once("close", () => void this.onQemuGone(r));
@@ -375,6 +383,7 @@ export class Supervisor extends EventEmitter {
     const reason = this.exitReason(r);
     r.console.stop();
     this.running.delete(r.id);
+    this.emit("detached", r.name, r.id);
     const saved = r.intent === "save" && (await exists(r.files.savedState));
     const exit = await this.recordExit(r.name, r.files, saved ? "state saved" : reason, !saved && r.intent === undefined);
     await clearRuntime(r.files).catch(() => undefined);
@@ -453,9 +462,13 @@ export class Supervisor extends EventEmitter {
       return { state: "Off", forced: true };
     }
     r.intent = "stop";
+    // The Shutdown integration service when the guest agent takes the request, else ACPI.
+    const viaAgent = (await this.guestShutdown?.(vm).catch(() => false)) ?? false;
     this.setState(r, "Stopping");
-    await this.event(vm.name, "stop", "shutdown requested through the ACPI power button");
-    await r.qmp.execute("system_powerdown").catch(() => undefined);
+    await this.event(vm.name, "stop", `shutdown requested through ${viaAgent ? "the guest agent (Shutdown integration service)" : "the ACPI power button"}`, {
+      method: viaAgent ? "agent" : "acpi",
+    });
+    if (!viaAgent) await r.qmp.execute("system_powerdown").catch(() => undefined);
     const done = await Promise.race([r.gone.then(() => true), sleep(opts.timeoutMs).then(() => false)]);
     if (done) return { state: "Off", forced: false };
     if (!opts.force) {
@@ -463,7 +476,7 @@ export class Supervisor extends EventEmitter {
       if (this.running.has(vm.id)) this.setState(r, await this.queryState(r).catch(() => "Running" as VmState));
       throw new VmhostError(
         "shutdown-timeout",
-        `the guest did not shut down within ${Math.round(opts.timeoutMs / 1000)} s (does it handle the ACPI power button?); use --force to turn it off`,
+        `the guest did not shut down within ${Math.round(opts.timeoutMs / 1000)} s (${viaAgent ? "its guest agent took the request" : "does it handle the ACPI power button?"}); use --force to turn it off`,
         409,
       );
     }

@@ -1,0 +1,493 @@
+import { z } from "zod";
+import { AnyReply, Empty, GuestAgent, GuestAgentError, GuestAgentUnavailable, guestText, type GuestAgentOptions } from "./agent.js";
+import { copyFileToGuest, type CopyOptions, type CopyResult } from "./copyfile.js";
+import { execOk } from "./exec.js";
+import { HEARTBEAT_INTERVAL_MS, HEARTBEAT_TIMEOUT_MS, HeartbeatMonitor, type HeartbeatOptions } from "./heartbeat.js";
+import {
+  GuestInfo,
+  HostName,
+  KVP_DIR,
+  KvpError,
+  NetworkInterfaces,
+  OsInfo,
+  diffItems,
+  intrinsicItems,
+  readPool,
+  sameItems,
+  writePool,
+  type DecodedPool,
+  type IntrinsicKey,
+  type KvpItem,
+} from "./kvp.js";
+import { SERVICES, serviceStatus, type ServiceKey, type ServiceSettings, type ServiceStatus } from "./services.js";
+import { TIME_CHECK_INTERVAL_MS, formatDrift, measureDrift, needsCorrection, setGuestTime } from "./timesync.js";
+import { DEFAULT_FREEZE_MS, MAX_FREEZE_MS, canRunWatchdog, freeze, freezeStatus, killWatchdog, thaw } from "./vss.js";
+
+/**
+ * One running VM's integration services: the guest agent connection, the heartbeat loop,
+ * time synchronization, KVP delivery and polling, VSS freeze state, and file copies. Made
+ * when the supervisor starts or adopts the VM's QEMU and closed when QEMU goes away.
+ */
+
+export interface SessionHost {
+  vmName: string;
+  /** The VM's state as the supervisor sees it now. */
+  vmState(): string;
+  settings(): ServiceSettings;
+  /** Host-to-guest items (persisted in the VM's configuration), delivered into the external pool. */
+  hostKvpItems(): KvpItem[];
+  journal(type: string, message: string, data?: Record<string, unknown>): void;
+}
+
+export interface SessionTiming {
+  heartbeatIntervalMs: number;
+  heartbeatTimeoutMs: number;
+  heartbeat: HeartbeatOptions;
+  timeCheckIntervalMs: number;
+  kvpPollIntervalMs: number;
+  agent: GuestAgentOptions;
+}
+
+export const DEFAULT_TIMING: SessionTiming = {
+  heartbeatIntervalMs: HEARTBEAT_INTERVAL_MS,
+  heartbeatTimeoutMs: HEARTBEAT_TIMEOUT_MS,
+  heartbeat: { missesForLost: 3 },
+  timeCheckIntervalMs: TIME_CHECK_INTERVAL_MS,
+  kvpPollIntervalMs: 15_000,
+  agent: {},
+};
+
+export class IntegrationError extends Error {
+  constructor(
+    readonly code: string,
+    message: string,
+    readonly status = 409,
+  ) {
+    super(message);
+    this.name = "IntegrationError";
+  }
+}
+
+interface FrozenState {
+  since: number;
+  thawBy: number;
+  count: number;
+  watchdogPid: number;
+  timer: NodeJS.Timeout;
+}
+
+/** Runs async work one at a time (KVP pool updates must not interleave). */
+class Serial {
+  private tail: Promise<unknown> = Promise.resolve();
+  run<T>(fn: () => Promise<T>): Promise<T> {
+    const p = this.tail.then(fn, fn);
+    this.tail = p.catch(() => undefined);
+    return p;
+  }
+}
+
+export class GuestSession {
+  readonly agent: GuestAgent;
+  readonly heartbeat: HeartbeatMonitor;
+  private readonly t: SessionTiming;
+  private timer?: NodeJS.Timeout;
+  private closed = false;
+  private commands?: Set<string>;
+  private agentVersion?: string;
+  private lastTimeCheck = 0;
+  private lastKvpPoll = 0;
+  private pausedSeen = false;
+  private readonly kvpSerial = new Serial();
+  private guestItems?: KvpItem[];
+  private externalItems?: KvpItem[];
+  private kvpNote = "";
+  private timeNote = "";
+  private lastTimeErrorAt = 0;
+  private frozen?: FrozenState;
+  private watchdogOk?: boolean;
+  private lastCopy?: CopyResult;
+  private copying = 0;
+
+  constructor(
+    readonly host: SessionHost,
+    socketPath: string,
+    timing: Partial<SessionTiming> = {},
+  ) {
+    this.t = { ...DEFAULT_TIMING, ...timing };
+    this.agent = new GuestAgent(socketPath, { syncTimeoutMs: this.t.heartbeatTimeoutMs, ...this.t.agent });
+    this.heartbeat = new HeartbeatMonitor(this.t.heartbeat);
+  }
+
+  start(): void {
+    this.schedule(0);
+  }
+
+  /** QEMU is gone or vmhostd is stopping. A freeze still in force is thawed first where possible. */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    if (this.timer) clearTimeout(this.timer);
+    const f = this.frozen;
+    if (f) {
+      clearTimeout(f.timer);
+      this.frozen = undefined;
+      // Best effort; the guest watchdog covers it if this cannot finish.
+      void thaw(this.agent)
+        .catch(() => undefined)
+        .finally(() => this.agent.close());
+      return;
+    }
+    this.agent.close();
+  }
+
+  private schedule(ms: number): void {
+    if (this.closed) return;
+    this.timer = setTimeout(() => void this.tick(), ms);
+    this.timer.unref();
+  }
+
+  // ---- the heartbeat loop ----------------------------------------------------------------
+
+  private async tick(): Promise<void> {
+    try {
+      if (this.host.vmState() === "Running") await this.beat();
+    } catch {
+      /* a beat never throws out of the loop */
+    }
+    this.schedule(this.t.heartbeatIntervalMs);
+  }
+
+  private async beat(): Promise<void> {
+    const settings = this.host.settings();
+    let ok = false;
+    try {
+      await this.agent.call("guest-ping", undefined, Empty, { timeoutMs: this.t.heartbeatTimeoutMs });
+      ok = true;
+    } catch (err) {
+      const why = err instanceof GuestAgentUnavailable ? err.reason : "error";
+      const tr = this.heartbeat.beatMissed(Date.now(), why === "timeout" ? "no answer" : why === "error" ? guestText((err as Error).message, 120) : why);
+      if (tr === "lost" && settings.heartbeat) {
+        this.host.journal("heartbeat-lost", `Heartbeat: Lost Communication (${this.heartbeat.missedBeats} beats missed)`, {
+          lastBeatAt: this.heartbeat.lastOkAt ? new Date(this.heartbeat.lastOkAt).toISOString() : undefined,
+        });
+      }
+      return;
+    }
+    if (!ok || this.closed) return;
+    const lostFor = this.heartbeat.lostAt ? Date.now() - (this.heartbeat.lastOkAt ?? Date.now()) : 0;
+    const tr = this.heartbeat.beatOk(Date.now());
+    if (tr) await this.onContact(tr, lostFor);
+    const now = Date.now();
+    if (settings.timeSynchronization && now - this.lastTimeCheck >= this.t.timeCheckIntervalMs) await this.checkTime("drift", false);
+    if (settings.keyValuePairExchange && now - this.lastKvpPoll >= this.t.kvpPollIntervalMs) await this.syncKvp().catch(() => undefined);
+  }
+
+  /** The agent answers again (or for the first time): learn what it offers and catch up. */
+  private async onContact(tr: "first-contact" | "restored" | "lost", lostForMs: number): Promise<void> {
+    const settings = this.host.settings();
+    await this.refreshCapabilities().catch(() => undefined);
+    if (tr === "first-contact") {
+      this.host.journal("agent-contact", `the guest agent answers${this.agentVersion ? ` (qemu-ga ${this.agentVersion})` : ""}`, {
+        agentVersion: this.agentVersion,
+      });
+    } else if (tr === "restored" && settings.heartbeat) {
+      this.host.journal("heartbeat-restored", `Heartbeat: OK again after ${Math.round(lostForMs / 1000)} s of Lost Communication`);
+    }
+    await this.recoverFreeze().catch(() => undefined);
+    if (settings.timeSynchronization) await this.checkTime(tr === "first-contact" ? "contact" : "contact-restored", false);
+    if (settings.keyValuePairExchange) await this.syncKvp().catch(() => undefined);
+  }
+
+  private async refreshCapabilities(): Promise<void> {
+    const info = await this.agent.call("guest-info", undefined, GuestInfo);
+    this.agentVersion = guestText(info.version, 64);
+    this.commands = new Set(info.supported_commands.filter((c) => c.enabled).map((c) => c.name));
+  }
+
+  /** A freeze left behind by a vmhostd that died mid-way (its timer died with it): thaw now. */
+  private async recoverFreeze(): Promise<void> {
+    if (this.frozen || (this.commands && !this.commands.has("guest-fsfreeze-status"))) return;
+    if ((await freezeStatus(this.agent)) !== "frozen") return;
+    const n = await thaw(this.agent);
+    this.host.journal("vss-thawed", `VSS: the guest's file systems were left frozen; thawed (${n} thawed by this call)`, { thawed: n, reason: "left-frozen" });
+  }
+
+  // ---- VM events ---------------------------------------------------------------------------
+
+  /** Supervisor state changes: resume is when the guest clock has to catch up. */
+  onVmState(state: string): void {
+    if (state === "Paused") this.pausedSeen = true;
+    else if (state === "Running" && this.pausedSeen) {
+      this.pausedSeen = false;
+      if (this.host.settings().timeSynchronization) void this.checkTime("resume", true);
+    }
+  }
+
+  onRestored(): void {
+    this.pausedSeen = false;
+    if (this.host.settings().timeSynchronization) void this.checkTime("restore", true);
+  }
+
+  /** The guest was reset: its agent restarts, and what it said before no longer holds. */
+  onGuestReset(): void {
+    this.agent.desync();
+    this.heartbeat.reset();
+    this.commands = undefined;
+    this.guestItems = undefined;
+    this.externalItems = undefined;
+    if (this.frozen) {
+      clearTimeout(this.frozen.timer);
+      this.frozen = undefined; // a reset thaws everything
+    }
+  }
+
+  // ---- time synchronization ----------------------------------------------------------------
+
+  /**
+   * Measure the drift and set the guest clock when it is beyond the limit, or always when
+   * forced (after resume and restore, the guest clock has stood still). Each correction is an event.
+   */
+  async checkTime(reason: string, force: boolean): Promise<void> {
+    this.lastTimeCheck = Date.now();
+    try {
+      // After a resume the agent may need a moment; give it a few beats' worth of tries.
+      const tries = force ? 5 : 1;
+      for (let i = 0; ; i++) {
+        try {
+          const d = await measureDrift(this.agent);
+          if (!force && !needsCorrection(d)) {
+            this.timeNote = `in sync (${formatDrift(d.driftMs)})`;
+            return;
+          }
+          await setGuestTime(this.agent);
+          const after = await measureDrift(this.agent).catch(() => undefined);
+          this.timeNote = `corrected ${new Date().toISOString()} (${reason}): was ${formatDrift(d.driftMs)}`;
+          this.host.journal("time-corrected", `Time Synchronization: guest clock set from the host (${reason}); it was ${formatDrift(d.driftMs)}`, {
+            reason,
+            driftMs: Math.round(d.driftMs),
+            uncertaintyMs: Math.round(d.uncertaintyMs),
+            ...(after ? { driftAfterMs: Math.round(after.driftMs) } : {}),
+          });
+          return;
+        } catch (err) {
+          if (i + 1 >= tries || this.closed) throw err;
+          await new Promise((r) => setTimeout(r, 1000));
+        }
+      }
+    } catch (err) {
+      this.timeNote = `error: ${guestText((err as Error).message, 160)}`;
+      if (Date.now() - this.lastTimeErrorAt > 300_000) {
+        this.lastTimeErrorAt = Date.now();
+        this.host.journal("time-sync-failed", `Time Synchronization: ${guestText((err as Error).message, 200)}`, { reason });
+      }
+    }
+  }
+
+  // ---- key-value pair exchange ----------------------------------------------------------------
+
+  /**
+   * Make the guest's external pool hold exactly the host's items, and read the guest pool;
+   * changes the guest made are journaled.
+   */
+  syncKvp(): Promise<{ external: KvpItem[]; guest: DecodedPool }> {
+    return this.kvpSerial.run(async () => {
+      this.lastKvpPoll = Date.now();
+      const want = this.host.hostKvpItems();
+      const ext = await readPool(this.agent, "external");
+      if (!sameItems(ext.items, want)) {
+        await this.writePoolCreatingDir("external", want);
+        if (this.externalItems === undefined && want.length) {
+          this.host.journal("kvp-delivered", `KVP: ${want.length} host item(s) written to the guest's external pool`, { keys: want.map((i) => i.key) });
+        }
+      }
+      this.externalItems = want;
+      const guest = await readPool(this.agent, "guest");
+      if (this.guestItems) {
+        const d = diffItems(this.guestItems, guest.items);
+        if (d.added.length || d.changed.length || d.removed.length) {
+          this.host.journal("kvp-guest-changed", `KVP: the guest changed its pool (${[...d.added.map((k) => `+${k}`), ...d.changed.map((k) => `~${k}`), ...d.removed.map((k) => `-${k}`)].join(" ").slice(0, 400)})`, d);
+        }
+      }
+      this.guestItems = guest.items;
+      this.kvpNote = `${want.length} host item(s) delivered, ${guest.items.length} guest item(s)${guest.invalid ? `, ${guest.invalid} unreadable record(s) skipped` : ""}`;
+      return { external: want, guest };
+    });
+  }
+
+  private async writePoolCreatingDir(pool: "external" | "guest", items: KvpItem[]): Promise<void> {
+    try {
+      await writePool(this.agent, pool, items);
+    } catch (err) {
+      if (!(err instanceof GuestAgentError) || !/No such file or directory/.test(err.message)) throw err;
+      // hv_kvp_daemon makes this folder (0755) when it starts; a guest without it gets it from us.
+      await execOk(this.agent, "/bin/sh", ["-c", 'mkdir -p -m 0755 "$1"', "vmhost-kvp", KVP_DIR]);
+      await writePool(this.agent, pool, items);
+    }
+  }
+
+  async intrinsic(): Promise<Record<IntrinsicKey, string>> {
+    this.requireContact("Key-Value Pair Exchange");
+    const opt = async <T>(cmd: string, schema: z.ZodType<T>): Promise<T | undefined> => {
+      try {
+        return await this.agent.call(cmd, undefined, schema);
+      } catch (err) {
+        if (err instanceof GuestAgentError) return undefined; // the guest does not offer it
+        throw err;
+      }
+    };
+    const os = await opt("guest-get-osinfo", OsInfo);
+    const hostName = (await opt("guest-get-host-name", HostName))?.["host-name"];
+    const interfaces = await opt("guest-network-get-interfaces", NetworkInterfaces);
+    if (!this.agentVersion) await this.refreshCapabilities().catch(() => undefined);
+    return intrinsicItems({ os, hostName, interfaces, agentVersion: this.agentVersion });
+  }
+
+  async guestPool(): Promise<DecodedPool> {
+    this.requireContact("Key-Value Pair Exchange");
+    return (await this.syncKvp()).guest;
+  }
+
+  // ---- shutdown -----------------------------------------------------------------------------
+
+  /** Ask the guest to shut down through its agent; false when the Shutdown service cannot (then ACPI is used). */
+  async requestShutdown(): Promise<boolean> {
+    if (!this.host.settings().shutdown || this.heartbeat.primaryStatus !== "OK") return false;
+    if (this.commands && !this.commands.has("guest-shutdown")) return false;
+    try {
+      await this.agent.call("guest-shutdown", { mode: "powerdown" }, AnyReply, { noReplyOnSuccess: true, timeoutMs: 2000 });
+      return true;
+    } catch (err) {
+      this.host.journal("shutdown-agent-failed", `Shutdown: the guest agent refused (${guestText((err as Error).message, 200)}); using ACPI`);
+      return false;
+    }
+  }
+
+  // ---- VSS ------------------------------------------------------------------------------------
+
+  async freeze(timeoutMs = DEFAULT_FREEZE_MS): Promise<{ frozen: number; thawBy: string; watchdogSeconds: number }> {
+    if (!this.host.settings().vss) throw new IntegrationError("service-disabled", `the VSS integration service is disabled for VM "${this.host.vmName}"`);
+    this.requireContact("VSS");
+    if (this.frozen) throw new IntegrationError("invalid-state", "the guest's file systems are already frozen");
+    if (this.copying) throw new IntegrationError("invalid-state", "a file copy into the guest is in progress");
+    const ms = Math.min(Math.max(timeoutMs, 1000), MAX_FREEZE_MS);
+    this.watchdogOk ??= await canRunWatchdog(this.agent);
+    if (!this.watchdogOk) {
+      throw new IntegrationError(
+        "unsupported",
+        "the guest cannot run vmhost's thaw watchdog (it needs guest-exec, sh, sleep and fsfreeze in the guest), so it is not frozen: a freeze must be sure to end",
+      );
+    }
+    const r = await freeze(this.agent, ms);
+    const since = Date.now();
+    const timer = setTimeout(() => void this.thaw("timeout").catch(() => undefined), ms);
+    timer.unref();
+    this.frozen = { since, thawBy: since + ms, count: r.frozen, watchdogPid: r.watchdogPid, timer };
+    const thawBy = new Date(since + ms).toISOString();
+    this.host.journal("vss-frozen", `VSS: ${r.frozen} file system(s) frozen; thawed by ${thawBy} at the latest`, {
+      frozen: r.frozen,
+      thawBy,
+      watchdogSeconds: r.watchdogSeconds,
+    });
+    return { frozen: r.frozen, thawBy, watchdogSeconds: r.watchdogSeconds };
+  }
+
+  async thaw(reason: "request" | "timeout" = "request"): Promise<{ thawed: number; wasFrozen: boolean }> {
+    const f = this.frozen;
+    if (f) clearTimeout(f.timer);
+    const n = await thaw(this.agent);
+    this.frozen = undefined;
+    if (f) await killWatchdog(this.agent, f.watchdogPid);
+    if (f || n > 0) {
+      const held = f ? `${((Date.now() - f.since) / 1000).toFixed(1)} s` : "?";
+      this.host.journal(
+        reason === "timeout" ? "vss-thaw-forced" : "vss-thawed",
+        reason === "timeout" ? `VSS: nobody thawed within the limit; vmhost thawed ${n} file system(s) after ${held}` : `VSS: ${n} file system(s) thawed after ${held}`,
+        { thawed: n, reason },
+      );
+    }
+    return { thawed: n, wasFrozen: !!f };
+  }
+
+  async vssStatus(): Promise<{ status: "frozen" | "thawed"; frozenByVmhost: boolean; since?: string; thawBy?: string; count?: number }> {
+    this.requireContact("VSS");
+    const status = await freezeStatus(this.agent);
+    const f = this.frozen;
+    return {
+      status,
+      frozenByVmhost: !!f,
+      ...(f ? { since: new Date(f.since).toISOString(), thawBy: new Date(f.thawBy).toISOString(), count: f.count } : {}),
+    };
+  }
+
+  // ---- guest service interface ------------------------------------------------------------
+
+  async copyFile(source: string, destination: string, opts: CopyOptions): Promise<CopyResult> {
+    if (!this.host.settings().guestServiceInterface) {
+      throw new IntegrationError(
+        "service-disabled",
+        `the Guest Service Interface integration service is disabled for VM "${this.host.vmName}" (Hyper-V's default); enable it with: vmhost integration enable ${this.host.vmName} "Guest Service Interface"`,
+      );
+    }
+    this.requireContact("Guest Service Interface");
+    if (this.frozen) throw new IntegrationError("invalid-state", "the guest's file systems are frozen (VSS); thaw them first");
+    this.copying++;
+    try {
+      const r = await copyFileToGuest(this.agent, source, destination, opts);
+      this.lastCopy = r;
+      this.host.journal("file-copied", `Guest Service Interface: ${source} copied to ${destination} (${r.bytes} bytes, SHA-256 verified by ${r.verifiedBy})`, {
+        source,
+        destination,
+        bytes: r.bytes,
+        sha256: r.sha256,
+        verifiedBy: r.verifiedBy,
+        seconds: r.seconds,
+      });
+      return r;
+    } catch (err) {
+      this.host.journal("file-copy-failed", `Guest Service Interface: copying ${source} to ${destination} failed: ${guestText((err as Error).message, 300)}`, {
+        source,
+        destination,
+      });
+      throw err;
+    } finally {
+      this.copying--;
+    }
+  }
+
+  // ---- status -----------------------------------------------------------------------------
+
+  private requireContact(service: string): void {
+    if (this.host.vmState() !== "Running") throw new IntegrationError("invalid-state", `VM "${this.host.vmName}" is ${this.host.vmState()}; ${service} needs it Running`);
+    if (this.heartbeat.primaryStatus !== "OK") {
+      throw new IntegrationError("no-contact", `${service}: the guest agent of VM "${this.host.vmName}" does not answer (${this.heartbeat.describe(Date.now())})`, 503);
+    }
+  }
+
+  heartbeatDetail(): string {
+    const state = this.host.vmState();
+    const d = this.heartbeat.describe(Date.now());
+    return state === "Running" ? d : `${d}; the VM is ${state}, so no beats are sent`;
+  }
+
+  statuses(): ServiceStatus[] {
+    const settings = this.host.settings();
+    const f = this.frozen;
+    const details: Partial<Record<ServiceKey, string>> = {
+      heartbeat: this.heartbeatDetail(),
+      keyValuePairExchange: this.kvpNote || undefined,
+      timeSynchronization: this.timeNote || undefined,
+      vss: f ? `frozen (${f.count} file system(s)) since ${new Date(f.since).toISOString()}, thawed by ${new Date(f.thawBy).toISOString()} at the latest` : "thawed",
+      shutdown: "shutdown requests go through the guest agent",
+      guestServiceInterface: this.lastCopy ? `last copy: ${this.lastCopy.destination} (${this.lastCopy.bytes} bytes, verified)` : undefined,
+    };
+    if (this.heartbeat.primaryStatus !== "OK") {
+      details.heartbeat = this.heartbeatDetail();
+      for (const k of ["keyValuePairExchange", "timeSynchronization", "vss", "shutdown", "guestServiceInterface"] as const) delete details[k];
+    }
+    return SERVICES.map((def) =>
+      serviceStatus(def, settings[def.key], { vmState: this.host.vmState(), contact: this.heartbeat.primaryStatus, commands: this.commands, details }),
+    );
+  }
+}
+
+export { KvpError };

@@ -1,0 +1,125 @@
+import { after, before, test } from "node:test";
+import assert from "node:assert/strict";
+import { z } from "zod";
+import { Empty, GuestAgent, GuestAgentError, GuestAgentUnavailable } from "../../src/guest/agent.js";
+import { FakeQga } from "../helpers/fake-qga.js";
+
+let qga: FakeQga;
+before(async () => {
+  qga = await FakeQga.start();
+});
+after(async () => {
+  await qga.stop();
+});
+
+function fresh(opts: ConstructorParameters<typeof GuestAgent>[1] = {}): GuestAgent {
+  qga.override = undefined;
+  qga.noiseBeforeReply = [];
+  qga.paused = false;
+  return new GuestAgent(qga.socketPath, { syncTimeoutMs: 500, defaultTimeoutMs: 500, minBackoffMs: 10, maxBackoffMs: 50, ...opts });
+}
+
+test("the first call syncs with guest-sync-delimited, preceded by 0xFF, and echoes ids", async () => {
+  const a = fresh();
+  const before = qga.received.length;
+  await a.call("guest-ping", undefined, Empty);
+  const sent = qga.received.slice(before);
+  assert.equal(sent[0]?.execute, "guest-sync-delimited");
+  assert.equal(sent[1]?.execute, "guest-ping");
+  assert.match(String(sent[1]?.id), /^vmhost-[0-9a-f]{8}-\d+$/);
+  assert.equal(a.syncs, 1);
+  await a.call("guest-ping", undefined, Empty);
+  assert.equal(a.syncs, 1, "a healthy stream is not re-synced");
+  a.close();
+});
+
+test("stale lines before the reply are discarded", async () => {
+  const a = fresh();
+  qga.noiseBeforeReply = ['{"return": 12345}', "garbage that is not json", '{"return": {}, "id": "someone-else"}', "[1,2,3]"];
+  const r = await a.call("guest-get-host-name", undefined, z.object({ "host-name": z.string() }));
+  assert.equal(r["host-name"], "fakehost");
+  a.close();
+});
+
+test("a timed-out call makes the next one re-sync with a fresh id, and the late answer is dropped", async () => {
+  const a = fresh();
+  await a.call("guest-ping", undefined, Empty);
+  const syncsBefore = qga.syncIds.length;
+  qga.paused = true; // an agent stopped inside the guest
+  await assert.rejects(a.call("guest-get-time", undefined, z.number(), { timeoutMs: 200 }), (e: unknown) => e instanceof GuestAgentUnavailable && e.reason === "timeout");
+  assert.equal(a.isSynced, false);
+  await assert.rejects(a.call("guest-ping", undefined, Empty), (e: unknown) => e instanceof GuestAgentUnavailable && e.reason === "timeout");
+  qga.resume(); // the queued (stale) answers arrive now
+  const host = await a.call("guest-get-host-name", undefined, z.object({ "host-name": z.string() }));
+  assert.equal(host["host-name"], "fakehost", "the stale guest-get-time number was not taken as this reply");
+  const ids = qga.syncIds.slice(syncsBefore);
+  assert.ok(ids.length >= 2);
+  assert.equal(new Set(ids).size, ids.length, "every handshake uses a fresh id");
+  a.close();
+});
+
+test("reconnects (with a new handshake) after the channel closes", async () => {
+  const a = fresh();
+  await a.call("guest-ping", undefined, Empty);
+  const n = a.syncs;
+  qga.dropClients();
+  await new Promise((r) => setTimeout(r, 50));
+  let ok = false;
+  for (let i = 0; i < 20 && !ok; i++) {
+    try {
+      await a.call("guest-ping", undefined, Empty);
+      ok = true;
+    } catch (err) {
+      assert.ok(err instanceof GuestAgentUnavailable);
+      await new Promise((r) => setTimeout(r, 30));
+    }
+  }
+  assert.ok(ok, "the agent came back");
+  assert.equal(a.syncs, n + 1);
+  a.close();
+});
+
+test("a reply longer than the bound is discarded and fails the call; the stream recovers", async () => {
+  const a = fresh({ maxLineBytes: 64 * 1024 });
+  await a.call("guest-ping", undefined, Empty);
+  qga.override = (cmd) => (cmd.execute === "guest-get-host-name" ? { return: { "host-name": "x".repeat(200 * 1024) } } : "default");
+  await assert.rejects(a.call("guest-get-host-name", undefined, z.object({ "host-name": z.string() })), (e: unknown) => e instanceof GuestAgentUnavailable && e.reason === "protocol");
+  qga.override = undefined;
+  const r = await a.call("guest-get-host-name", undefined, z.object({ "host-name": z.string() }));
+  assert.equal(r["host-name"], "fakehost");
+  a.close();
+});
+
+test("answers that do not match the schema are refused; guest errors are bounded and clean", async () => {
+  const a = fresh();
+  qga.override = (cmd) => (cmd.execute === "guest-get-time" ? { return: "not a number" } : "default");
+  await assert.rejects(a.call("guest-get-time", undefined, z.number()), (e: unknown) => e instanceof GuestAgentUnavailable && e.reason === "protocol");
+  qga.override = (cmd) => (cmd.execute === "guest-get-time" ? { error: { class: "GenericError", desc: "bad\u0007thing\n" + "y".repeat(5000) } } : "default");
+  await assert.rejects(a.call("guest-get-time", undefined, z.number()), (e: unknown) => {
+    assert.ok(e instanceof GuestAgentError);
+    assert.ok(e.message.length < 500);
+    assert.doesNotMatch(e.message, /[\u0007\n]/);
+    return true;
+  });
+  a.close();
+});
+
+test("a command that does not answer on success resolves after its wait; an error reply fails it", async () => {
+  const a = fresh();
+  const n = qga.shutdowns;
+  await a.call("guest-shutdown", { mode: "powerdown" }, z.unknown(), { noReplyOnSuccess: true, timeoutMs: 150 });
+  assert.equal(qga.shutdowns, n + 1);
+  qga.override = (cmd) => (cmd.execute === "guest-shutdown" ? { error: { class: "GenericError", desc: "child process has failed to shutdown" } } : "default");
+  await assert.rejects(a.call("guest-shutdown", { mode: "powerdown" }, z.unknown(), { noReplyOnSuccess: true, timeoutMs: 500 }), GuestAgentError);
+  a.close();
+});
+
+test("a closed agent refuses calls; no connection is an 'unavailable' error, retried with backoff", async () => {
+  const a = fresh();
+  a.close();
+  await assert.rejects(a.call("guest-ping", undefined, Empty), (e: unknown) => e instanceof GuestAgentUnavailable && e.reason === "closed");
+  const b = new GuestAgent("/nonexistent/agent.sock", { minBackoffMs: 10_000 });
+  await assert.rejects(b.call("guest-ping", undefined, Empty), (e: unknown) => e instanceof GuestAgentUnavailable && e.reason === "disconnected");
+  await assert.rejects(b.call("guest-ping", undefined, Empty), /next attempt in/);
+  b.close();
+});

@@ -115,15 +115,13 @@ export function normalizeMac(mac: string): string {
   return hex.match(/../g)?.join(":") ?? hex;
 }
 
-function firstInstance(path: DevicePath): DecodedNode[] | null {
-  const nodes = instancesOf(path)[0] ?? [];
-  const out: DecodedNode[] = [];
-  for (const n of nodes) {
-    const d = decodeNode(n);
-    if (d === null) return out.length > 0 ? out : null;
-    out.push(d);
-  }
-  return out;
+/** Nodes of the first instance, decoded; null for nodes the table does not know. */
+function firstInstance(path: DevicePath): (DecodedNode | null)[] {
+  return (instancesOf(path)[0] ?? []).map(decodeNode);
+}
+
+function known(nodes: readonly (DecodedNode | null)[]): DecodedNode[] {
+  return nodes.filter((n): n is DecodedNode => n !== null);
 }
 
 function macOf(n: Extract<DecodedNode, { kind: "MAC" }>): string {
@@ -143,24 +141,24 @@ function isNetworkPath(nodes: readonly DecodedNode[]): boolean {
   return nodes.some((n) => n.kind === "MAC" || n.kind === "IPv4" || n.kind === "IPv6" || n.kind === "Uri");
 }
 
-function isRootBridge(n: DecodedNode | undefined): boolean {
-  return n !== undefined && n.kind === "Acpi" && n.uid === 0 && (n.hid === 0x0a0341d0 || n.hid === 0x0a0841d0);
+function isRootBridge(n: DecodedNode | null | undefined): boolean {
+  return n !== undefined && n !== null && n.kind === "Acpi" && n.uid === 0 && (n.hid === 0x0a0341d0 || n.hid === 0x0a0841d0);
 }
 
 export function classifyLoadOption(option: LoadOption, paths: readonly DevicePath[]): BootEntryType {
-  const nodes = paths[0] !== undefined ? firstInstance(paths[0]) : null;
-  if (nodes === null) return "Unknown";
+  if (paths[0] === undefined) return "Unknown";
+  const nodes = firstInstance(paths[0]);
   const first = nodes[0];
-  if (first !== undefined && (first.kind === "Fv" || first.kind === "FvFile")) return "Firmware";
+  if (first !== undefined && first !== null && (first.kind === "Fv" || first.kind === "FvFile")) return "Firmware";
   if ((option.attributes & LOAD_OPTION.CATEGORY_MASK) === LOAD_OPTION.CATEGORY_APP) return "Firmware";
   if (!isAutoCreated(option)) return "File";
-  return isNetworkPath(nodes) ? "Network" : "Drive";
+  return isNetworkPath(known(nodes)) ? "Network" : "Drive";
 }
 
 /** The VM device a device path points at, or null. */
 export function mapDevicePath(path: DevicePath, layout: FirmwareDeviceLayout, options: MapOptions = {}): BootDevice | null {
   const nodes = firstInstance(path);
-  if (nodes === null || nodes.length === 0) return null;
+  if (nodes.length === 0 || nodes[0] === null) return null;
   const scsiAt = (controller: number, location: number): BootDevice | null => {
     const d = layout.scsiDevices.find((x) => x.controller === controller && x.location === location);
     return d === undefined ? null : { kind: "scsi", controller, location, deviceKind: d.kind, ref: d.ref };
@@ -181,16 +179,16 @@ export function mapDevicePath(path: DevicePath, layout: FirmwareDeviceLayout, op
     return hit === null ? null : scsiAt(hit.controller, hit.location);
   }
   const pci = nodes[1];
-  if (!isRootBridge(first) || pci === undefined || pci.kind !== "Pci" || pci.function !== 0) return null;
+  if (!isRootBridge(first) || pci === undefined || pci === null || pci.kind !== "Pci" || pci.function !== 0) return null;
   const next = nodes[2];
   const ctrl = layout.scsiControllers.find((c) => c.pciSlot === pci.device);
   if (ctrl !== undefined) {
-    if (next === undefined || next.kind !== "Scsi" || next.pun !== 0) return null;
+    if (next === undefined || next === null || next.kind !== "Scsi" || next.pun !== 0) return null;
     return scsiAt(ctrl.controller, next.lun);
   }
   const nic = layout.nics.find((n) => n.pciSlot === pci.device);
   if (nic !== undefined) {
-    if (next !== undefined && next.kind === "MAC" && macOf(next) !== normalizeMac(nic.mac)) return null;
+    if (next !== undefined && next !== null && next.kind === "MAC" && macOf(next) !== normalizeMac(nic.mac)) return null;
     return { kind: "nic", index: nic.index, mac: normalizeMac(nic.mac), ref: nic.ref };
   }
   return null;
@@ -230,7 +228,7 @@ export function describeBootOption(
   }
   const type = classifyLoadOption(option, paths);
   const filePaths = paths.map((p) => devicePathToText(p, options.text));
-  const nodes = firstInstance(paths[0]!) ?? [];
+  const nodes = known(firstInstance(paths[0]!));
   const macNode = nodes.find((n): n is Extract<DecodedNode, { kind: "MAC" }> => n.kind === "MAC");
   const network = isNetworkPath(nodes) ? { protocol: networkProtocolOf(nodes), mac: macNode !== undefined ? macOf(macNode) : null } : null;
   return {

@@ -281,6 +281,7 @@ export class VarStore {
   #buf: Uint8Array;
   #records: VariableRecord[];
   #live: VariableRecord[];
+  #byKey: Map<string, VariableRecord>;
   #end: number;
 
   /** Use parseVarStore(). */
@@ -291,6 +292,7 @@ export class VarStore {
     this.#records = records;
     this.#end = end;
     this.#live = pickLive(records);
+    this.#byKey = new Map(this.#live.map((r) => [keyOf(r.guid, r.nameBytes), r]));
   }
 
   /** Every record in the region, dead copies included, in store order. */
@@ -339,6 +341,8 @@ export class VarStore {
     if ((attrs & VA.RUNTIME_ACCESS) !== 0 && (attrs & VA.BOOTSERVICE_ACCESS) === 0) {
       throw new VarStoreError("BAD_ATTRIBUTES", `${name}: RUNTIME_ACCESS requires BOOTSERVICE_ACCESS`);
     }
+    // Appending nothing changes nothing, even for a variable that does not exist (edk2).
+    if (append && data.length === 0) return { changed: false, compacted: false, offset: -1 };
     const old = this.#find(nameBytes, g);
     let payload = data;
     if (append && old !== undefined) {
@@ -401,8 +405,7 @@ export class VarStore {
   }
 
   #find(nameBytes: Uint8Array, guid: string): VariableRecord | undefined {
-    const k = keyOf(guid, nameBytes);
-    return this.#live.find((r) => keyOf(r.guid, r.nameBytes) === k);
+    return this.#byKey.get(keyOf(guid, nameBytes));
   }
 
   #liveBytesOf(key: string): number {
@@ -474,6 +477,7 @@ export class VarStore {
     this.#records = records;
     this.#end = end;
     this.#live = pickLive(records);
+    this.#byKey = new Map(this.#live.map((r) => [keyOf(r.guid, r.nameBytes), r]));
   }
 }
 

@@ -308,7 +308,14 @@ export function parseIpv6(arg: string): Uint8Array {
   const s = arg.trim();
   const out = new Uint8Array(16);
   if (s === "") return out;
-  const halves = s.split("::");
+  // A trailing dotted quad stands for the last two groups (::ffff:1.2.3.4).
+  let t = s;
+  const quad = /^(.*:)(\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3})$/.exec(s);
+  if (quad !== null) {
+    const v4 = parseIpv4(quad[2]!);
+    t = `${quad[1]!}${((v4[0]! << 8) | v4[1]!).toString(16)}:${((v4[2]! << 8) | v4[3]!).toString(16)}`;
+  }
+  const halves = t.split("::");
   if (halves.length > 2) throw bad("IPv6 address", arg);
   const groups = (h: string): number[] => {
     if (h === "") return [];

@@ -95,14 +95,19 @@ function roundTrips(text: string, node: DevicePathNode): boolean {
 export function devicePathToText(path: DevicePath | Uint8Array, options?: ToTextOptions): string {
   const nodes = path instanceof Uint8Array ? parseDevicePath(path) : path;
   let out = "";
+  const exact = options?.exact !== false && options?.displayOnly !== true;
   for (const node of nodes) {
-    if (isEndEntire(node)) break;
-    if (isEndInstance(node)) {
+    // End nodes carrying data have no text of their own; exact mode prints them generically.
+    if (isEndEntire(node)) {
+      if (exact && node.data.length > 0) out += (out.length > 0 ? "/" : "") + genericNodeText(node);
+      break;
+    }
+    if (isEndInstance(node) && (node.data.length === 0 || !exact)) {
       out += ",";
       continue;
     }
     if (out.length > 0) out += "/";
-    out += nodeToText(node, options);
+    out += isEndInstance(node) ? genericNodeText(node) : nodeToText(node, options);
   }
   return out;
 }
@@ -182,7 +187,12 @@ export function devicePathFromText(text: string, options?: FromTextOptions): Dev
   const tokens = tokenize(text.trim());
   if (tokens.length === 0) throw new DevicePathError("EMPTY", "empty device path text");
   const nodes: DevicePathNode[] = [];
-  for (const t of tokens) nodes.push(t.kind === "instance" ? endInstanceNode() : nodeFromText(t.text, options));
-  nodes.push(endEntireNode());
+  for (const t of tokens) {
+    if (nodes.length > 0 && isEndEntire(nodes[nodes.length - 1]!)) {
+      throw new DevicePathError("SYNTAX", "nothing may follow an End Entire node");
+    }
+    nodes.push(t.kind === "instance" ? endInstanceNode() : nodeFromText(t.text, options));
+  }
+  if (!isEndEntire(nodes[nodes.length - 1]!)) nodes.push(endEntireNode());
   return nodes;
 }

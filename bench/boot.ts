@@ -6,7 +6,8 @@
  *   node dist/bench/boot.js [runs=5]
  */
 import { spawn } from "node:child_process";
-import { readFile, stat } from "node:fs/promises";
+import { mkdir, readFile, stat } from "node:fs/promises";
+import { dirname } from "node:path";
 import { READY, TestHost, sleep } from "../test/helpers/harness.js";
 import { median, ratio, printTable } from "./stats.js";
 
@@ -45,6 +46,8 @@ async function captureArgv(host: TestHost, vm: string): Promise<string[]> {
 }
 
 async function byHand(host: TestHost, vm: string, argv: string[]): Promise<number> {
+  // vmhost removes the VM's run directory (sockets, pid file) when it stops; recreate it untimed.
+  await mkdir(dirname(argv[argv.indexOf("-pidfile") + 1]!), { recursive: true });
   const from = await consoleSize(host, vm);
   const t0 = performance.now();
   const child = spawn(argv[0]!, argv.slice(1), { stdio: "ignore" });

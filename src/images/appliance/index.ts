@@ -32,6 +32,7 @@ import {
 } from "./guest-files.js";
 import { APPLIANCE_MODULES, buildInitramfs } from "./initramfs.js";
 import { acquireLock } from "./lock.js";
+import { syncDir, writeFileAtomic } from "../../util/atomic.js";
 
 /**
  * Bump when the build changes in a way the hashed inputs do not show (disk layout, archive
@@ -141,19 +142,7 @@ export function applianceId(inputs: ResolvedInputs): string {
   return createHash("sha256").update(material).digest("hex").slice(0, 12);
 }
 
-async function writeFileAtomic(path: string, data: string): Promise<void> {
-  const tmp = `${path}.tmp-${process.pid}-${Math.random().toString(36).slice(2)}`;
-  const fh = await open(tmp, "w", 0o644);
-  try {
-    await fh.writeFile(data);
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-  await rename(tmp, path);
-}
-
-async function fsyncPath(path: string): Promise<void> {
+async function fsyncFile(path: string): Promise<void> {
   const fh = await open(path, "r");
   try {
     await fh.sync();
@@ -339,8 +328,8 @@ async function build(cacheDir: string, id: string, inputs: ResolvedInputs, log: 
       initrd: INITRD,
     };
     await writeFile(join(out, "manifest.json"), JSON.stringify(manifest, null, 2) + "\n");
-    for (const f of [GEN1, GEN2, VMLINUZ, INITRD, "manifest.json"]) await fsyncPath(join(out, f));
-    await fsyncPath(out);
+    for (const f of [GEN1, GEN2, VMLINUZ, INITRD, "manifest.json"]) await fsyncFile(join(out, f));
+    await syncDir(out);
 
     const dir = join(cacheDir, id);
     // A forced rebuild or a damaged build: move the old directory out of the way first.
@@ -349,7 +338,7 @@ async function build(cacheDir: string, id: string, inputs: ResolvedInputs, log: 
       if (e.code !== "ENOENT") throw e;
     });
     await rename(out, dir);
-    await fsyncPath(cacheDir);
+    await syncDir(cacheDir);
     await rm(trash, { recursive: true, force: true });
     await pruneOldBuilds(cacheDir, id);
     await pruneDebs(join(cacheDir, "debs"), inputs.debs);

@@ -2,6 +2,7 @@ import { readFile } from "node:fs/promises";
 import type { ServiceClient } from "../service/client.js";
 import type { VmView } from "../service/manager.js";
 import { VmhostError } from "../util/errors.js";
+import { stripTerminalControls } from "../supervisor/console-log.js";
 
 export const READY_LINE = "vmhost-appliance: ready";
 const DEMO_VM = "demo";
@@ -35,7 +36,7 @@ export async function runDemo(api: ServiceClient, opts: { keepRunning: boolean }
   for (;;) {
     const text = (await readFile(logFile).catch(() => Buffer.alloc(0))).subarray(offset).toString("utf8");
     if (text.length > shown) {
-      process.stdout.write(text.slice(shown).replace(/\x1b\[[0-9;?]*[A-Za-z]/g, ""));
+      process.stdout.write(stripTerminalControls(text.slice(shown)));
       shown = text.length;
     }
     if (text.includes(READY_LINE)) break;

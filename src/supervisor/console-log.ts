@@ -62,10 +62,13 @@ export async function consoleTail(log: string, n = 10, maxBytes = 64 * 1024): Pr
   return cleanConsoleLines(text).slice(-n);
 }
 
+/** Removes the terminal control sequences firmware and shells print (cursor moves, modes). */
+export function stripTerminalControls(text: string): string {
+  return text.replace(/\x1b\[[0-9;?=]*[A-Za-z]/g, "").replace(/\x1b[()][A-Za-z0-9]/g, "");
+}
+
 export function cleanConsoleLines(text: string): string[] {
-  return text
-    .replace(/\x1b\[[0-9;?]*[A-Za-z]/g, "")
-    .replace(/\x1b[()][A-Za-z0-9]/g, "")
+  return stripTerminalControls(text)
     .split(/\r?\n|\r/)
     .map((l) => l.replace(/[\x00-\x08\x0b-\x1f\x7f]/g, "").trimEnd())
     .filter((l) => l.trim() !== "");

@@ -38,3 +38,26 @@ test("kill -9 of QEMU shows Off with the exit reason and the last console lines"
   const events = await host.json<{ type: string; message: string }[]>(["events", VM]);
   assert.ok(events.some((e) => e.type === "exited" && /SIGKILL/.test(e.message)));
 });
+
+test("restart resets the guest: it boots again to the ready line", { timeout: BOOT_TIMEOUT_MS * 2 }, async () => {
+  await host.ok(["start", VM]);
+  await host.waitConsole(VM, READY, BOOT_TIMEOUT_MS);
+  const from = (await host.consoleText(VM)).length;
+  await host.ok(["restart", VM]);
+  assert.equal(await host.state(VM), "Running");
+  await host.waitConsole(VM, READY, BOOT_TIMEOUT_MS, from);
+});
+
+test("a guest that ignores the power button: stop times out and says so; --force turns it off", { timeout: 120_000 }, async () => {
+  await host.run(VM, "killall acpid; echo acpid-$((2+3))-gone", /acpid-5-gone/);
+  const r = await host.cli(["stop", VM, "--timeout", "3"]);
+  assert.notEqual(r.code, 0);
+  assert.match(r.stderr, /did not shut down within 3 s/);
+  assert.match(r.stderr, /--force/);
+  assert.equal(await host.state(VM), "Running");
+  const out = await host.ok(["stop", VM, "--force", "--timeout", "3"]);
+  assert.match(out, /Off \(turned off after the guest did not shut down\)/);
+  const show = await host.json<{ state: string; lastExit: { reason: string } }>(["show", VM]);
+  assert.equal(show.state, "Off");
+  assert.equal(show.lastExit.reason, "turned off");
+});

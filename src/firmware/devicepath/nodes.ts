@@ -19,6 +19,8 @@ export interface PrintOptions {
   readonly displayOnly: boolean;
   /** edk2 AllowShortcuts: VenPcAnsi(), UartFlowCtrl(), AcpiEx short form... */
   readonly allowShortcuts: boolean;
+  /** The node has the older, shorter length `legacyLength` (fields past it read as zero). */
+  readonly legacy?: boolean;
 }
 
 /** Arguments of one text node; a missing argument reads as "" (as GetNextParamStr gives). */
@@ -40,11 +42,17 @@ export interface NodeSpec<K extends string, L extends Layout> {
   readonly type: number;
   readonly subType: number;
   readonly layout: L;
-  print(f: FieldsOf<L>, o: PrintOptions): string;
+  /**
+   * edk2's text; or several texts, edk2's first, then lossless alternatives for when edk2's
+   * form drops information.
+   */
+  print(f: FieldsOf<L>, o: PrintOptions): string | readonly string[];
   /** Text node names -> fields. Names are case-sensitive, as in edk2. */
   readonly parse: Readonly<Record<string, (a: Args) => FieldsOf<L>>>;
   /** Parse the whole argument text as one argument (Uri: URLs carry commas). */
   readonly rawArgs?: boolean;
+  /** An older, shorter body edk2 still prints (UEFI 2.0 IPv4/IPv6 nodes, before gateway/prefix). */
+  readonly legacy?: { readonly length: number; readonly fullLength: number };
 }
 
 function node<K extends string, L extends Layout>(s: NodeSpec<K, L>): NodeSpec<K, L> {
@@ -248,11 +256,14 @@ export const NODE_SPECS = [
     print: (f, o) => {
       const hidText = eisaText(f.hid);
       const cidText = eisaText(f.cid);
-      if (f.hidStr === "" && f.cidStr === "" && f.uid === 0) return `AcpiExp(${hidText},${cidText},${f.uidStr})`;
+      // OVMF 2022.11 prints AcpiExp() whenever only the UID string is set (the UID number is
+      // then not shown) and writes a zero CID as "0" (checked against its console output).
+      const full = `AcpiEx(${hidText},${cidText},${hx(f.uid)},${f.hidStr},${f.cidStr},${f.uidStr})`;
+      if (f.hidStr === "" && f.cidStr === "" && f.uidStr !== "") return [`AcpiExp(${hidText},${f.cid === 0 ? "0" : cidText},${f.uidStr})`, full];
       if (o.allowShortcuts) {
-        return `AcpiEx(${f.hid === 0 ? f.hidStr : hidText},${f.cid === 0 ? f.cidStr : cidText},${f.uid === 0 ? f.uidStr : hx(f.uid)})`;
+        return [`AcpiEx(${f.hid === 0 ? f.hidStr : hidText},${f.cid === 0 ? f.cidStr : cidText},${f.uid === 0 ? f.uidStr : hx(f.uid)})`, full];
       }
-      return `AcpiEx(${hidText},${cidText},${hx(f.uid)},${f.hidStr},${f.cidStr},${f.uidStr})`;
+      return full;
     },
     parse: {
       AcpiEx: (a) => ({
@@ -391,10 +402,12 @@ export const NODE_SPECS = [
     layout: {
       local: bytes(4), remote: bytes(4), localPort: u16, remotePort: u16, protocol: u16, staticIp: u8, gateway: bytes(4), mask: bytes(4),
     },
+    legacy: { length: 15, fullLength: 23 },
     print: (f, o) =>
       o.displayOnly
         ? `IPv4(${ipv4Text(f.remote)})`
-        : `IPv4(${ipv4Text(f.remote)},${protoText(f.protocol)},${f.staticIp !== 0 ? "Static" : "DHCP"},${ipv4Text(f.local)},${ipv4Text(f.gateway)},${ipv4Text(f.mask)})`,
+        : `IPv4(${ipv4Text(f.remote)},${protoText(f.protocol)},${f.staticIp !== 0 ? "Static" : "DHCP"},${ipv4Text(f.local)}` +
+          (o.legacy === true ? ")" : `,${ipv4Text(f.gateway)},${ipv4Text(f.mask)})`),
     parse: {
       IPv4: (a) => {
         a.max(6);
@@ -420,8 +433,10 @@ export const NODE_SPECS = [
     print: (f, o) => {
       if (o.displayOnly) return `IPv6(${ipv6Text(f.remote)})`;
       const origin = f.origin === 0 ? "Static" : f.origin === 1 ? "StatelessAutoConfigure" : "StatefulAutoConfigure";
-      return `IPv6(${ipv6Text(f.remote)},${protoText(f.protocol)},${origin},${ipv6Text(f.local)},${hx(f.prefixLength)},${ipv6Text(f.gateway)})`;
+      const head = `IPv6(${ipv6Text(f.remote)},${protoText(f.protocol)},${origin},${ipv6Text(f.local)}`;
+      return o.legacy === true ? `${head})` : `${head},${hx(f.prefixLength)},${ipv6Text(f.gateway)})`;
     },
+    legacy: { length: 39, fullLength: 56 },
     parse: {
       IPv6: (a) => {
         a.max(6);
@@ -798,8 +813,11 @@ export interface AnyNodeSpec {
   readonly subType: number;
   readonly rawArgs: boolean;
   decode(data: Uint8Array): Record<string, unknown> | null;
+  /** Like decode, but also reads a legacy-length body (zero-padded); says which it was. */
+  decodeLoose(data: Uint8Array): { fields: Record<string, unknown>; legacy: boolean } | null;
   encode(fields: Record<string, unknown>): Uint8Array;
-  print(fields: Record<string, unknown>, o: PrintOptions): string;
+  /** Candidate texts, edk2's first. */
+  print(fields: Record<string, unknown>, o: PrintOptions): readonly string[];
 }
 
 const erased: AnyNodeSpec[] = NODE_SPECS.map((s) => {
@@ -810,8 +828,20 @@ const erased: AnyNodeSpec[] = NODE_SPECS.map((s) => {
     subType: spec.subType,
     rawArgs: spec.rawArgs === true,
     decode: (data: Uint8Array) => decodeLayout(spec.layout, data) as Record<string, unknown> | null,
+    decodeLoose: (data: Uint8Array) => {
+      const fields = decodeLayout(spec.layout, data) as Record<string, unknown> | null;
+      if (fields !== null) return { fields, legacy: false };
+      if (spec.legacy === undefined || data.length !== spec.legacy.length) return null;
+      const padded = new Uint8Array(spec.legacy.fullLength);
+      padded.set(data);
+      const f = decodeLayout(spec.layout, padded) as Record<string, unknown> | null;
+      return f === null ? null : { fields: f, legacy: true };
+    },
     encode: (fields: Record<string, unknown>) => encodeLayout(spec.layout, fields as FieldsOf<Layout>),
-    print: (fields: Record<string, unknown>, o: PrintOptions) => spec.print(fields as FieldsOf<Layout>, o),
+    print: (fields: Record<string, unknown>, o: PrintOptions) => {
+      const t = spec.print(fields as FieldsOf<Layout>, o);
+      return typeof t === "string" ? [t] : t;
+    },
   };
 });
 

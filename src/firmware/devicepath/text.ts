@@ -49,13 +49,14 @@ export function genericNodeText(node: DevicePathNode): string {
   return node.data.length > 0 ? `${head},${hexBytes(node.data)})` : `${head})`;
 }
 
-/** Decodes a node through the table; null when it is unknown or malformed for its type. */
+/**
+ * Decodes a node through the table; null when it is unknown or malformed for its type. An
+ * IPv4/IPv6 node of the older, shorter length decodes with the missing fields as zero.
+ */
 export function decodeNode(node: DevicePathNode): DecodedNode | null {
-  const spec = specFor(node.type, node.subType);
-  if (spec === undefined) return null;
-  const fields = spec.decode(node.data);
-  if (fields === null) return null;
-  return { kind: spec.kind, ...fields } as DecodedNode;
+  const loose = specFor(node.type, node.subType)?.decodeLoose(node.data) ?? null;
+  if (loose === null) return null;
+  return { kind: specFor(node.type, node.subType)!.kind, ...loose.fields } as DecodedNode;
 }
 
 function printOpts(o: ToTextOptions | undefined): PrintOptions {
@@ -65,12 +66,13 @@ function printOpts(o: ToTextOptions | undefined): PrintOptions {
 /** Text of one node (not an End node). */
 export function nodeToText(node: DevicePathNode, options?: ToTextOptions): string {
   const spec = specFor(node.type, node.subType);
-  const fields = spec?.decode(node.data) ?? null;
-  if (spec === undefined || fields === null) return genericNodeText(node);
-  const o = printOpts(options);
-  const first = spec.print(fields, o);
-  if (o.displayOnly || options?.exact === false) return first;
-  const candidates = o.allowShortcuts ? [first, spec.print(fields, { ...o, allowShortcuts: false })] : [first];
+  const loose = spec?.decodeLoose(node.data) ?? null;
+  if (spec === undefined || loose === null) return genericNodeText(node);
+  const fields = loose.fields;
+  const o = { ...printOpts(options), legacy: loose.legacy };
+  const texts = spec.print(fields, o);
+  if (o.displayOnly || options?.exact === false) return texts[0]!;
+  const candidates = o.allowShortcuts ? [...texts, ...spec.print(fields, { ...o, allowShortcuts: false })] : texts;
   for (const text of candidates) {
     if (roundTrips(text, node)) return text;
   }

@@ -393,7 +393,8 @@ export const NODE_SPECS = [
     parse: {
       MAC: (a) => {
         const ifType = parseNum(a.max(2).at(1), 8, "interface type");
-        return { mac: parseHexFixed(a.at(0), ifType <= 1 ? 6 : 32, "MAC address").slice(0, 32), ifType } as const;
+        // edk2 reads 6 bytes for Ethernet (IfType 0/1), all 32 otherwise; the rest stays zero.
+        return { mac: parseHexFixed(a.at(0), ifType <= 1 ? 6 : 32, "MAC address"), ifType };
       },
     },
   }),

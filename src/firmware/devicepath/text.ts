@@ -6,6 +6,10 @@
  * to the same bytes; otherwise (odd lengths, fields a form cannot show, characters that
  * would break the syntax) it is printed in edk2's generic form `Msg(11,<hex>)`, which always
  * round-trips. Pass `exact: false` to get edk2's output even where it loses information.
+ *
+ * The default flags (DisplayOnly FALSE, AllowShortcuts FALSE) are the ones OVMF's BdsDxe
+ * prints its "loading Boot#### ... from <path>" lines with; the fixture tests compare our
+ * text with those lines.
  */
 import { DevicePathError } from "../errors.js";
 import { encodeUcs2 } from "../ucs2.js";

@@ -19,6 +19,7 @@ export function printVm(vm: VmView): void {
   if (vm.appliance) console.log(`Appliance:   ${vm.appliance.id} (kernel ${vm.appliance.kernel})`);
   for (const d of vm.disks) console.log(`Disk:        ${d.ref}  ${d.path} (${d.format})`);
   for (const d of vm.dvds) console.log(`DVD:         ${d.ref}  ${d.path ?? "(empty)"}`);
+  if (vm.floppy !== undefined) console.log(`Floppy:      ${vm.floppy ?? "(empty)"}`);
   for (const n of vm.nics) console.log(`Adapter:     ${n.name}  ${n.type}  ${n.macAddress}${n.dynamicMac ? " (dynamic)" : ""}  -> ${n.switchName}`);
   if (vm.heartbeat) console.log(`Heartbeat:   ${vm.heartbeat.detail === "disabled" ? "OK (disabled)" : vm.heartbeat.detail}`);
   if (vm.lastExit) {

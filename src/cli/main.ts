@@ -22,6 +22,7 @@ VMs
   disk add NAME (PATH | --new SIZE[:FORMAT]) [--controller-type SCSI|IDE] [--controller N] [--location N]
   disk remove NAME (PATH | "SCSI 0:1")
   dvd set NAME ISO [--drive "IDE 1:0"]        dvd eject NAME [--drive REF]
+  floppy set NAME VFD           floppy eject NAME   (generation 1 only)
   nic add NAME [--legacy] [--name NAME] [--mac MAC]
   nic remove NAME ADAPTER
   console NAME [--log]          events NAME [--json] [--follow]
@@ -241,6 +242,16 @@ export async function main(argv: string[]): Promise<number> {
         ref: v["drive"] as string | undefined,
       });
       out(!!v["json"], vm, () => printTable(["Location", "Media"], vm.dvds.map((d) => [d.ref, d.path ?? "(empty)"])));
+      return 0;
+    }
+
+    case "floppy": {
+      const [sub, ...r2] = rest;
+      const { values: v, positionals: p } = args(r2, {});
+      const name = need(p, 0, "VM name");
+      if (sub !== "set" && sub !== "eject") throw new VmhostError("usage", "floppy set|eject");
+      const vm = await api.call<VmView>("POST", `/v1/vms/${enc(name)}/floppy`, { path: sub === "set" ? need(p, 1, "floppy image path") : null });
+      out(!!v["json"], vm, () => console.log(`${name}: floppy ${vm.floppy ?? "(empty)"}`));
       return 0;
     }
 

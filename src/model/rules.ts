@@ -107,6 +107,8 @@ export function validateVm(vm: VmConfig, host: HostCapacity, others: readonly Vm
     }
   }
 
+  if (vm.floppy) refuseFloppy(vm.generation);
+
   const legacy = vm.networkAdapters.filter((n) => n.type === "Legacy").length;
   const synthetic = vm.networkAdapters.length - legacy;
   if (legacy > 0 && vm.generation === 2) {

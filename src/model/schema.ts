@@ -107,6 +107,8 @@ export const VmConfig = z
     createdAt: z.string(),
     hardDisks: z.array(HardDisk).default([]),
     dvdDrives: z.array(DvdDrive).default([]),
+    /** Gen1 only: the virtual floppy drive's disk (.vfd), or null when empty. */
+    floppy: z.object({ path: z.string().min(1).nullable() }).strict().optional(),
     networkAdapters: z.array(NetworkAdapter).default([]),
     firmware: FirmwareSettings.default({}),
     /** Set when the VM was made from the built-in appliance: which build its disk sits on. */

@@ -40,6 +40,7 @@ export const Schemas = {
     .strict(),
   ref: z.object({ ref: z.string().min(1) }).strict(),
   dvd: z.object({ path: z.string().min(1).nullable(), ref: z.string().optional() }).strict(),
+  floppy: z.object({ path: z.string().min(1).nullable() }).strict(),
   nicAdd: z
     .object({
       legacy: z.boolean().default(false),
@@ -96,6 +97,7 @@ const routes: [string, RegExp, Handler][] = [
       return m.dvdSet(n!, d.path, d.ref);
     },
   ],
+  ["POST", new RegExp(`^/v1/vms/${NAME}/floppy$`), (m, [n], b) => m.floppySet(n!, parse(Schemas.floppy, b).path)],
   ["POST", new RegExp(`^/v1/vms/${NAME}/nics$`), (m, [n], b) => m.nicAdd(n!, parse(Schemas.nicAdd, b))],
   ["POST", new RegExp(`^/v1/vms/${NAME}/nics/remove$`), (m, [n], b) => m.nicRemove(n!, parse(Schemas.ref, b).ref)],
   ["GET", new RegExp(`^/v1/vms/${NAME}/console$`), async (m, [n]) => ({ log: await m.consoleLog(n!) })],

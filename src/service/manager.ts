@@ -12,6 +12,7 @@ import {
   RuleError,
   firstFreeSlot,
   normalizeMac,
+  refuseFloppy,
   validateName,
   validateVm,
   type ControllerType,
@@ -67,6 +68,7 @@ export interface VmView {
   disks: (HardDisk & { ref: string })[];
   dvds: (VmConfig["dvdDrives"][number] & { ref: string })[];
   nics: (NetworkAdapter & { ref: string })[];
+  floppy: string | null | undefined;
   firmware: VmConfig["firmware"];
   appliance?: VmConfig["appliance"];
   pid?: number;
@@ -214,6 +216,7 @@ export class VmManager {
       disks: vm.hardDisks.map((d) => ({ ...d, ref: slotRef(d) })),
       dvds: vm.dvdDrives.map((d) => ({ ...d, ref: slotRef(d) })),
       nics: vm.networkAdapters.map((n) => ({ ...n, ref: n.name })),
+      floppy: vm.floppy ? vm.floppy.path : undefined,
       firmware: vm.firmware,
       ...(vm.appliance ? { appliance: vm.appliance } : {}),
       ...(rt.pid ? { pid: rt.pid, startedAt: rt.startedAt, accelerator: rt.accel, acceleratorReason: rt.accelReason } : {}),
@@ -509,10 +512,26 @@ export class VmManager {
         dvd = { ...(slot ?? firstFreeSlot(vm, type)), path };
         vm.dvdDrives.push(dvd);
       } else {
-        if (running) await this.supervisor.changeMedium(vm, dvd, path);
+        if (running) await this.supervisor.changeMedium(vm, { kind: "dvd", ...dvd }, path);
         dvd.path = path;
       }
       await this.supervisor.event(vm.name, "dvd", path ? `DVD ${slotRef(dvd)} now holds ${path}` : `DVD ${slotRef(dvd)} ejected`);
+    });
+    return this.show(name);
+  }
+
+  /** Gen1's virtual floppy drive (Hyper-V: Set-VMFloppyDiskDrive); Gen2 has none. */
+  async floppySet(name: string, path: string | null): Promise<VmView> {
+    await this.update(name, async (vm, running) => {
+      refuseFloppy(vm.generation);
+      const file = path === null ? null : resolve(path);
+      if (file) await mustExist(file, "floppy image");
+      if (running) {
+        if (!vm.floppy) throw new VmhostError("invalid-state", "the floppy drive is added while the VM is off; then it takes disks while it runs", 409);
+        await this.supervisor.changeMedium(vm, { kind: "floppy" }, file);
+      }
+      vm.floppy = { path: file };
+      await this.supervisor.event(vm.name, "floppy", file ? `floppy drive now holds ${file}` : "floppy ejected");
     });
     return this.show(name);
   }

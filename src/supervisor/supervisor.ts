@@ -632,12 +632,24 @@ export class Supervisor extends EventEmitter {
     await r.qmp.execute("blockdev-del", { "node-name": QEMU_IDS.diskNode(disk.controllerType, disk.controllerNumber, disk.controllerLocation) });
   }
 
-  async changeMedium(vm: VmConfig, dvd: { controllerType: "IDE" | "SCSI"; controllerNumber: number; controllerLocation: number }, path: string | null): Promise<void> {
+  /** Media change in a DVD or floppy drive of a running VM. */
+  async changeMedium(
+    vm: VmConfig,
+    drive: { kind: "floppy" } | { kind: "dvd"; controllerType: "IDE" | "SCSI"; controllerNumber: number; controllerLocation: number },
+    path: string | null,
+  ): Promise<void> {
     const r = this.requireRunning(vm, "Running", "Paused");
-    const id = QEMU_IDS.disk(dvd.controllerType, dvd.controllerNumber, dvd.controllerLocation);
+    const id = drive.kind === "floppy" ? "fd0" : QEMU_IDS.disk(drive.controllerType, drive.controllerNumber, drive.controllerLocation);
     if (path === null) await r.qmp.execute("eject", { id, force: true });
-    else await r.qmp.execute("blockdev-change-medium", { id, filename: path, format: "raw", "read-only-mode": "read-only" });
+    else
+      await r.qmp.execute("blockdev-change-medium", {
+        id,
+        filename: path,
+        format: "raw",
+        "read-only-mode": drive.kind === "dvd" ? "read-only" : "retain",
+      });
   }
+
 
   /** Only for tests and benchmarks: the QMP connection of a running VM. */
   qmpOf(vm: VmConfig): QmpClient | undefined {

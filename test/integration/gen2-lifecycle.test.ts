@@ -1,6 +1,6 @@
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
-import { readFile } from "node:fs/promises";
+import { readFile, writeFile } from "node:fs/promises";
 import { BOOT_TIMEOUT_MS, READY, TestHost, sleep } from "../helpers/harness.js";
 import { processStartTime } from "../../src/supervisor/proc.js";
 
@@ -21,6 +21,9 @@ after(async () => {
 
 test("gen2 appliance boots to the ready line and shows Running", { timeout: BOOT_TIMEOUT_MS + 60_000 }, async () => {
   await host.ok(["new", VM, "--generation", "2", "--appliance", "--memory", "512M"]);
+  // A DVD drive on SCSI (Gen2 has no IDE), holding a 1 MiB image.
+  await writeFile(`${host.home}/media.iso`, Buffer.alloc(1024 * 1024, 0x41));
+  await host.ok(["dvd", "set", VM, `${host.home}/media.iso`]);
   const t0 = Date.now();
   await host.ok(["start", VM]);
   await host.waitConsole(VM, READY, BOOT_TIMEOUT_MS);
@@ -32,6 +35,7 @@ test("gen2 appliance boots to the ready line and shows Running", { timeout: BOOT
   assert.equal(show.generation, 2);
   assert.equal(show.memoryMiB, 512);
   assert.equal(show.disks.length, 1);
+  assert.deepEqual((show as unknown as { dvds: { ref: string }[] }).dvds.map((d) => d.ref), ["SCSI 0:1"]);
   assert.equal(show.nics[0]?.type, "Synthetic");
   assert.match(show.nics[0]!.macAddress, /^00:15:5D:/);
   console.log(`gen2 ready after ${((Date.now() - t0) / 1000).toFixed(1)} s`);
@@ -46,6 +50,23 @@ test("a legacy adapter is refused by the generation rule and the config file is 
   assert.match(r.stderr, /legacy network adapter/);
   assert.match(r.stderr, /rule generation-2-no-legacy-adapter/);
   assert.deepEqual(await readFile(file), before);
+});
+
+test("a floppy drive is refused on generation 2, by rule", async () => {
+  const r = await host.cli(["floppy", "set", VM, `${host.home}/media.iso`]);
+  assert.notEqual(r.code, 0);
+  assert.match(r.stderr, /rule generation-2-no-floppy/);
+});
+
+test("the DVD's media is seen by the guest, ejected and changed while it runs", { timeout: 120_000 }, async () => {
+  // /sys/block/sr0/size counts 512-byte sectors: 1 MiB = 2048; an empty drive has 0.
+  await host.run(VM, "echo dvd-size-$(cat /sys/block/sr0/size)", /dvd-size-2048/);
+  await host.ok(["dvd", "eject", VM]);
+  // The sr driver notices a media change when the device is opened.
+  await host.run(VM, "dd if=/dev/sr0 of=/dev/null bs=2048 count=1; echo dvd-read-done", /No medium found[\s\S]*dvd-read-done/);
+  await writeFile(`${host.home}/media2.iso`, Buffer.alloc(2 * 1024 * 1024, 0x42));
+  await host.ok(["dvd", "set", VM, `${host.home}/media2.iso`]);
+  await host.run(VM, "dd if=/dev/sr0 of=/dev/null bs=2048 count=1 2>/dev/null; echo dvd-size-$(cat /sys/block/sr0/size)", /dvd-size-4096/);
 });
 
 test("the guest answers on its serial console; pause stops it and resume continues", { timeout: 120_000 }, async () => {
@@ -66,9 +87,10 @@ test("the guest answers on its serial console; pause stops it and resume continu
 test("a SCSI disk hot-added to the running Gen2 VM is seen by the guest", { timeout: 120_000 }, async () => {
   await host.run(VM, "cat /proc/partitions | grep -c sd; echo parts-done", /parts-done/);
   const out = await host.json<{ disks: { ref: string }[] }>(["disk", "add", VM, "--new", "64M:qcow2"]);
+  // SCSI 0:1 holds the DVD drive, so the next free location is 0:2.
   assert.deepEqual(
     out.disks.map((d) => d.ref),
-    ["SCSI 0:0", "SCSI 0:1"],
+    ["SCSI 0:0", "SCSI 0:2"],
   );
   // 64 MiB = 65536 1K-blocks in /proc/partitions.
   const text = await host.run(VM, "sleep 1; grep -w 65536 /proc/partitions; echo hot-done", /65536\s+sd[b-z][\s\S]*hot-done/, 60_000);

@@ -69,6 +69,14 @@ test("gen1 argv: pc machine with its PIT, SeaBIOS, IDE, e1000 legacy adapter, st
   assert.ok(buildArgv(vm2, paths, { accel: "kvm" }).includes("host"), "KVM uses -cpu host");
 });
 
+test("gen1 floppy: a floppy device on the PC's controller, booted where the startup order puts Floppy", () => {
+  const vm = sampleVm({ generation: 1, floppy: { path: "/f/boot.vfd" } });
+  const devices = opt(buildArgv(vm, paths, { accel: "tcg" }), "-device");
+  assert.ok(devices.includes("floppy,id=fd0,unit=0,drive=drive-fd0,bootindex=1"), devices.join("\n"));
+  const empty = opt(buildArgv(sampleVm({ generation: 1, floppy: { path: null } }), paths, { accel: "tcg" }), "-device");
+  assert.ok(empty.includes("floppy,id=fd0,unit=0"));
+});
+
 test("argv is an array: a hostile name cannot inject options", () => {
   const vm = sampleVm({ name: "x,process=evil" });
   const a = buildArgv(vm, paths, { accel: "tcg", uefiCode: "/c.fd" });

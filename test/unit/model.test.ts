@@ -34,6 +34,11 @@ test("rules: generation 2 refuses IDE, legacy adapters; generation 1 takes them"
   assert.doesNotThrow(() => validateVm(sampleVm({ generation: 1, hardDisks: [ide], networkAdapters: [legacy] }), HOST));
 });
 
+test("rules: generation 2 refuses a floppy drive; generation 1 has one", () => {
+  assert.equal(ruleOf(() => validateVm(sampleVm({ floppy: { path: null } }), HOST)), "generation-2-no-floppy");
+  assert.doesNotThrow(() => validateVm(sampleVm({ generation: 1, floppy: { path: "/f.vfd" } }), HOST));
+});
+
 test("rules: controller limits, slot reuse, adapter limits", () => {
   const disk = (t: "IDE" | "SCSI", c: number, l: number, p = `/d${t}${c}${l}`) => ({ controllerType: t, controllerNumber: c, controllerLocation: l, path: p, format: "raw" as const });
   assert.equal(ruleOf(() => validateVm(sampleVm({ generation: 1, hardDisks: [disk("IDE", 2, 0)] }), HOST)), "ide-limit");

@@ -124,6 +124,7 @@ function gen1BootIndexes(vm: VmConfig): Map<string, number> {
     if (cls === "IDE")
       for (const d of vm.hardDisks.filter((x) => x.controllerType === "IDE"))
         out.set(`disk:${d.controllerNumber}:${d.controllerLocation}`, next++);
+    if (cls === "Floppy" && vm.floppy?.path) out.set("floppy", next++);
     if (cls === "LegacyNetworkAdapter")
       vm.networkAdapters.forEach((n, i) => {
         if (n.type === "Legacy") out.set(`nic:${i}`, next++);
@@ -200,6 +201,16 @@ export function buildArgv(vm: VmConfig, paths: RuntimePaths, opts: EngineOptions
       "-device",
       deviceArg(storageDevice(d, "cd", d.path !== null, boot.get(`dvd:${d.controllerNumber}:${d.controllerLocation}`))),
     );
+  }
+
+  if (vm.floppy && !gen2) {
+    // The PC's built-in floppy controller (Hyper-V Gen1 has one virtual floppy drive).
+    if (vm.floppy.path) a.push("-blockdev", blockdevJson("drive-fd0", vm.floppy.path, "raw", false));
+    const fd: Record<string, string | number> = { driver: "floppy", id: "fd0", unit: 0 };
+    if (vm.floppy.path) fd["drive"] = "drive-fd0";
+    const bi = boot.get("floppy");
+    if (bi !== undefined) fd["bootindex"] = bi;
+    a.push("-device", deviceArg(fd));
   }
 
   vm.networkAdapters.forEach((nic, i) => {

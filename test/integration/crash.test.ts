@@ -48,8 +48,9 @@ test("restart resets the guest: it boots again to the ready line", { timeout: BO
   await host.waitConsole(VM, READY, BOOT_TIMEOUT_MS, from);
 });
 
-test("a guest that ignores the power button: stop times out and says so; --force turns it off", { timeout: 120_000 }, async () => {
-  await host.run(VM, "killall acpid; echo acpid-$((2+3))-gone", /acpid-5-gone/);
+test("a guest that ignores shutdown requests: stop times out and says so; --force turns it off", { timeout: 120_000 }, async () => {
+  // Deaf to both ways stop asks: the agent's Shutdown service and the ACPI power button.
+  await host.run(VM, "killall qemu-ga acpid; echo deaf-$((2+3))", /deaf-5/);
   const r = await host.cli(["stop", VM, "--timeout", "3"]);
   assert.notEqual(r.code, 0);
   assert.match(r.stderr, /did not shut down within 3 s/);

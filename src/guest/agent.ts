@@ -73,6 +73,8 @@ const DEFAULTS: Required<GuestAgentOptions> = {
   maxQueued: 64,
 };
 
+/** Bytes written but not taken by QEMU beyond which no more requests are sent. */
+const MAX_UNSENT = 64 * 1024;
 const SENTINEL = 0xff;
 const NEWLINE = 0x0a;
 
@@ -140,6 +142,10 @@ export class GuestAgent extends EventEmitter implements AgentCaller {
       try {
         if (this.closed) throw new GuestAgentUnavailable(command, "closed", "the guest agent session is closed");
         const sock = await this.ensureConnected(command);
+        // A guest that never opens its end of the port makes QEMU stop reading: do not pile up requests.
+        if (sock.writableLength > MAX_UNSENT) {
+          throw new GuestAgentUnavailable(command, "busy", "the guest is not reading its agent channel (is the guest agent running?)");
+        }
         if (!this.synced) await this.sync(sock);
         return await this.exchange(sock, command, args, schema, opts);
       } finally {
@@ -372,6 +378,8 @@ export class GuestAgent extends EventEmitter implements AgentCaller {
     try {
       ret = await promise;
     } catch (err) {
+      // The channel closing after guest-shutdown is the guest going down: the request was taken.
+      if (opts.noReplyOnSuccess && err instanceof GuestAgentUnavailable && err.reason === "disconnected") return undefined as z.output<S>;
       if (err instanceof GuestAgentUnavailable && err.reason === "timeout") this.synced = false;
       throw err;
     }

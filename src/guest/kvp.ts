@@ -121,9 +121,9 @@ export function decodePool(buf: Buffer): DecodedPool {
 
 // ---- pools in the guest --------------------------------------------------------------
 
-export async function readPool(agent: AgentCaller, pool: KvpFilePool): Promise<DecodedPool> {
+export async function readPool(agent: AgentCaller, pool: KvpFilePool): Promise<DecodedPool & { exists: boolean }> {
   const data = await readGuestFile(agent, poolPath(pool), KVP_MAX_RECORDS * KVP_RECORD_SIZE + KVP_RECORD_SIZE - 1);
-  return decodePool(data ?? Buffer.alloc(0));
+  return { ...decodePool(data ?? Buffer.alloc(0)), exists: data !== undefined };
 }
 
 /** Replace a pool's content with exactly these items, in this order (one write of whole records). */

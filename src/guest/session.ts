@@ -12,6 +12,7 @@ import {
   OsInfo,
   diffItems,
   intrinsicItems,
+  poolPath,
   readPool,
   sameItems,
   writePool,
@@ -21,7 +22,7 @@ import {
 } from "./kvp.js";
 import { SERVICES, serviceStatus, type ServiceKey, type ServiceSettings, type ServiceStatus } from "./services.js";
 import { TIME_CHECK_INTERVAL_MS, formatDrift, measureDrift, needsCorrection, setGuestTime } from "./timesync.js";
-import { DEFAULT_FREEZE_MS, MAX_FREEZE_MS, canRunWatchdog, freeze, freezeStatus, killWatchdog, thaw } from "./vss.js";
+import { DEFAULT_FREEZE_MS, MAX_FREEZE_MS, canRunWatchdog, freeze, freezeStatus, killWatchdogs, thaw } from "./vss.js";
 
 /**
  * One running VM's integration services: the guest agent connection, the heartbeat loop,
@@ -72,7 +73,6 @@ interface FrozenState {
   since: number;
   thawBy: number;
   count: number;
-  watchdogPid: number;
   timer: NodeJS.Timeout;
 }
 
@@ -149,15 +149,21 @@ export class GuestSession {
   // ---- the heartbeat loop ----------------------------------------------------------------
 
   private async tick(): Promise<void> {
-    try {
-      if (this.host.vmState() === "Running") await this.beat();
-    } catch {
-      /* a beat never throws out of the loop */
-    }
+    if (this.host.vmState() === "Running") await this.beat();
     this.schedule(this.t.heartbeatIntervalMs);
   }
 
-  private async beat(): Promise<void> {
+  private beating?: Promise<void>;
+
+  /** One beat at a time, whether from the loop or from a request that needs contact now. */
+  private beat(): Promise<void> {
+    this.beating ??= this.beatOnce()
+      .catch(() => undefined)
+      .finally(() => (this.beating = undefined));
+    return this.beating;
+  }
+
+  private async beatOnce(): Promise<void> {
     const settings = this.host.settings();
     let ok = false;
     try {
@@ -178,6 +184,7 @@ export class GuestSession {
     const tr = this.heartbeat.beatOk(Date.now());
     if (tr) await this.onContact(tr, lostFor);
     const now = Date.now();
+    if (this.frozen) return; // qemu-ga refuses nearly everything while frozen
     if (settings.timeSynchronization && now - this.lastTimeCheck >= this.t.timeCheckIntervalMs) await this.checkTime("drift", false);
     if (settings.keyValuePairExchange && now - this.lastKvpPoll >= this.t.kvpPollIntervalMs) await this.syncKvp().catch(() => undefined);
   }
@@ -209,7 +216,11 @@ export class GuestSession {
     if (this.frozen || (this.commands && !this.commands.has("guest-fsfreeze-status"))) return;
     if ((await freezeStatus(this.agent)) !== "frozen") return;
     const n = await thaw(this.agent);
-    this.host.journal("vss-thawed", `VSS: the guest's file systems were left frozen; thawed (${n} thawed by this call)`, { thawed: n, reason: "left-frozen" });
+    await killWatchdogs(this.agent);
+    this.host.journal("vss-thawed", `VSS: the guest's file systems were left frozen (vmhost stopped while they were); thawed (${n} by this call, the rest by vmhost's watchdog in the guest)`, {
+      thawed: n,
+      reason: "left-frozen",
+    });
   }
 
   // ---- VM events ---------------------------------------------------------------------------
@@ -294,8 +305,10 @@ export class GuestSession {
       this.lastKvpPoll = Date.now();
       const want = this.host.hostKvpItems();
       const ext = await readPool(this.agent, "external");
-      if (!sameItems(ext.items, want)) {
+      if (!sameItems(ext.items, want) || !ext.exists) {
         await this.writePoolCreatingDir("external", want);
+        // qemu-ga creates files 0666; hv_kvp_daemon's pools are 0644.
+        if (!ext.exists) await execOk(this.agent, "/bin/sh", ["-c", 'chmod 0644 "$1"', "vmhost-kvp-mode", poolPath("external")]).catch(() => undefined);
         if (this.externalItems === undefined && want.length) {
           this.host.journal("kvp-delivered", `KVP: ${want.length} host item(s) written to the guest's external pool`, { keys: want.map((i) => i.key) });
         }
@@ -326,7 +339,7 @@ export class GuestSession {
   }
 
   async intrinsic(): Promise<Record<IntrinsicKey, string>> {
-    this.requireContact("Key-Value Pair Exchange");
+    await this.requireContact("Key-Value Pair Exchange");
     const opt = async <T>(cmd: string, schema: z.ZodType<T>): Promise<T | undefined> => {
       try {
         return await this.agent.call(cmd, undefined, schema);
@@ -343,7 +356,7 @@ export class GuestSession {
   }
 
   async guestPool(): Promise<DecodedPool> {
-    this.requireContact("Key-Value Pair Exchange");
+    await this.requireContact("Key-Value Pair Exchange");
     return (await this.syncKvp()).guest;
   }
 
@@ -366,7 +379,7 @@ export class GuestSession {
 
   async freeze(timeoutMs = DEFAULT_FREEZE_MS): Promise<{ frozen: number; thawBy: string; watchdogSeconds: number }> {
     if (!this.host.settings().vss) throw new IntegrationError("service-disabled", `the VSS integration service is disabled for VM "${this.host.vmName}"`);
-    this.requireContact("VSS");
+    await this.requireContact("VSS");
     if (this.frozen) throw new IntegrationError("invalid-state", "the guest's file systems are already frozen");
     if (this.copying) throw new IntegrationError("invalid-state", "a file copy into the guest is in progress");
     const ms = Math.min(Math.max(timeoutMs, 1000), MAX_FREEZE_MS);
@@ -381,7 +394,7 @@ export class GuestSession {
     const since = Date.now();
     const timer = setTimeout(() => void this.thaw("timeout").catch(() => undefined), ms);
     timer.unref();
-    this.frozen = { since, thawBy: since + ms, count: r.frozen, watchdogPid: r.watchdogPid, timer };
+    this.frozen = { since, thawBy: since + ms, count: r.frozen, timer };
     const thawBy = new Date(since + ms).toISOString();
     this.host.journal("vss-frozen", `VSS: ${r.frozen} file system(s) frozen; thawed by ${thawBy} at the latest`, {
       frozen: r.frozen,
@@ -396,7 +409,7 @@ export class GuestSession {
     if (f) clearTimeout(f.timer);
     const n = await thaw(this.agent);
     this.frozen = undefined;
-    if (f) await killWatchdog(this.agent, f.watchdogPid);
+    await killWatchdogs(this.agent);
     if (f || n > 0) {
       const held = f ? `${((Date.now() - f.since) / 1000).toFixed(1)} s` : "?";
       this.host.journal(
@@ -409,7 +422,7 @@ export class GuestSession {
   }
 
   async vssStatus(): Promise<{ status: "frozen" | "thawed"; frozenByVmhost: boolean; since?: string; thawBy?: string; count?: number }> {
-    this.requireContact("VSS");
+    await this.requireContact("VSS");
     const status = await freezeStatus(this.agent);
     const f = this.frozen;
     return {
@@ -428,7 +441,7 @@ export class GuestSession {
         `the Guest Service Interface integration service is disabled for VM "${this.host.vmName}" (Hyper-V's default); enable it with: vmhost integration enable ${this.host.vmName} "Guest Service Interface"`,
       );
     }
-    this.requireContact("Guest Service Interface");
+    await this.requireContact("Guest Service Interface");
     if (this.frozen) throw new IntegrationError("invalid-state", "the guest's file systems are frozen (VSS); thaw them first");
     this.copying++;
     try {
@@ -456,8 +469,10 @@ export class GuestSession {
 
   // ---- status -----------------------------------------------------------------------------
 
-  private requireContact(service: string): void {
+  /** Contact now: one beat is tried first when the last one failed (or none was made yet). */
+  private async requireContact(service: string): Promise<void> {
     if (this.host.vmState() !== "Running") throw new IntegrationError("invalid-state", `VM "${this.host.vmName}" is ${this.host.vmState()}; ${service} needs it Running`);
+    if (this.heartbeat.primaryStatus !== "OK") await this.beat();
     if (this.heartbeat.primaryStatus !== "OK") {
       throw new IntegrationError("no-contact", `${service}: the guest agent of VM "${this.host.vmName}" does not answer (${this.heartbeat.describe(Date.now())})`, 503);
     }

@@ -8,7 +8,9 @@ import { execOk, execStart } from "./exec.js";
  *  - vmhostd's own timer, which thaws when the caller does not in time;
  *  - a watchdog in the guest, started through guest-exec *before* freezing (qemu-ga refuses
  *    guest-exec while frozen): `sleep N`, then FITHAW on every block-device mount. It covers
- *    vmhostd dying mid-way, when no host-side timer is left. A normal thaw kills it.
+ *    vmhostd dying mid-way, when no host-side timer is left. Watchdogs are found by their $0
+ *    marker and killed after every thaw and before every freeze, so one left by a vmhostd that
+ *    died can never thaw a later freeze early.
  * A guest that cannot run the watchdog (no guest-exec, no fsfreeze program) is not frozen.
  */
 
@@ -33,6 +35,19 @@ export const WATCHDOG_SCRIPT = [
   "while read -r dev mnt rest; do",
   '  case "$dev" in /*) fsfreeze --unfreeze "$mnt" >/dev/null 2>&1 && echo "vmhost-vss-watchdog: thawed $mnt" >/dev/console ;; esac',
   "done </proc/self/mounts",
+].join("\n");
+
+export const WATCHDOG_MARKER = "vmhost-vss-watchdog";
+
+/** Kills every watchdog shell ($1 = the marker; itself excluded). Its sleep child is left to expire harmlessly. */
+const KILL_SCRIPT = [
+  "for p in /proc/[0-9]*; do",
+  '  pid=${p#/proc/}',
+  '  [ "$pid" = "$$" ] && continue',
+  '  cmd=$(tr "\\000" " " <"$p/cmdline" 2>/dev/null) || continue',
+  '  case "$cmd" in *" $1 "*) kill -TERM "$pid" 2>/dev/null ;; esac',
+  "done",
+  "exit 0",
 ].join("\n");
 
 const PROBE_SCRIPT = "PATH=/usr/sbin:/usr/bin:/sbin:/bin:$PATH; command -v fsfreeze >/dev/null && command -v sleep >/dev/null && echo ok";
@@ -63,14 +78,15 @@ export async function freeze(agent: AgentCaller, thawAfterMs: number): Promise<F
     throw new GuestAgentError("guest-fsfreeze-freeze", "InvalidState", "the guest's file systems are already frozen");
   }
   const watchdogSeconds = Math.ceil((thawAfterMs + WATCHDOG_MARGIN_MS) / 1000);
-  const watchdogPid = await execStart(agent, "/bin/sh", ["-c", WATCHDOG_SCRIPT, "vmhost-vss-watchdog", String(watchdogSeconds)], false);
+  await killWatchdogs(agent);
+  const watchdogPid = await execStart(agent, "/bin/sh", ["-c", WATCHDOG_SCRIPT, WATCHDOG_MARKER, String(watchdogSeconds)], false);
   let frozen: number;
   try {
     frozen = await agent.call("guest-fsfreeze-freeze", undefined, Count, { timeoutMs: 60_000 });
   } catch (err) {
     // A failed or timed-out freeze may have frozen some file systems: thaw what there is.
     await agent.call("guest-fsfreeze-thaw", undefined, Count, { timeoutMs: 60_000 }).catch(() => undefined);
-    await killWatchdog(agent, watchdogPid);
+    await killWatchdogs(agent);
     throw err;
   }
   return { frozen, watchdogPid, watchdogSeconds };
@@ -80,7 +96,7 @@ export async function thaw(agent: AgentCaller): Promise<number> {
   return agent.call("guest-fsfreeze-thaw", undefined, Count, { timeoutMs: 60_000 });
 }
 
-/** After a normal thaw the watchdog has nothing to do; killing its shell stops it before FITHAW. */
-export async function killWatchdog(agent: AgentCaller, pid: number): Promise<void> {
-  await execOk(agent, "/bin/sh", ["-c", 'kill -TERM "$1" 2>/dev/null; exit 0', "vmhost-vss-stop", String(pid)], 15_000).catch(() => undefined);
+/** After a thaw the watchdogs have nothing to do; killing their shells stops them before FITHAW. */
+export async function killWatchdogs(agent: AgentCaller): Promise<void> {
+  await execOk(agent, "/bin/sh", ["-c", KILL_SCRIPT, "vmhost-vss-stop", WATCHDOG_MARKER], 15_000).catch(() => undefined);
 }

@@ -111,6 +111,14 @@ test("a command that does not answer on success resolves after its wait; an erro
   assert.equal(qga.shutdowns, n + 1);
   qga.override = (cmd) => (cmd.execute === "guest-shutdown" ? { error: { class: "GenericError", desc: "child process has failed to shutdown" } } : "default");
   await assert.rejects(a.call("guest-shutdown", { mode: "powerdown" }, z.unknown(), { noReplyOnSuccess: true, timeoutMs: 500 }), GuestAgentError);
+  // A guest that powers off at once closes the channel before the wait ends: taken, too.
+  qga.override = (cmd) => {
+    if (cmd.execute !== "guest-shutdown") return "default";
+    setTimeout(() => qga.dropClients(), 20);
+    return undefined;
+  };
+  await a.call("guest-shutdown", { mode: "powerdown" }, z.unknown(), { noReplyOnSuccess: true, timeoutMs: 2000 });
+  qga.override = undefined;
   a.close();
 });
 

@@ -8,6 +8,7 @@ import { runDemo } from "./demo.js";
 import { printTable, printVm, printHost } from "./format.js";
 import { GUEST_USAGE, followEvents, guestCommand } from "./guest-commands.js";
 import { serviceCommand } from "./service.js";
+import { NETWORK_USAGE, netbootCommand, nicConnectCommand, switchCommand } from "./network-commands.js";
 
 const USAGE = `vmhost: Hyper-V-style virtual machines on QEMU
 
@@ -23,11 +24,13 @@ VMs
   disk remove NAME (PATH | "SCSI 0:1")
   dvd set NAME ISO [--drive "IDE 1:0"]        dvd eject NAME [--drive REF]
   floppy set NAME VFD           floppy eject NAME   (generation 1 only)
-  nic add NAME [--legacy] [--name NAME] [--mac MAC]
+  nic add NAME [--legacy] [--name NAME] [--mac MAC] [--switch SWITCH]
   nic remove NAME ADAPTER
   console NAME [--log]          events NAME [--json] [--follow]
 
 ${GUEST_USAGE}
+
+${NETWORK_USAGE}
 
 Host
   host [--json] [--probe]       appliance build [--force]
@@ -258,11 +261,12 @@ export async function main(argv: string[]): Promise<number> {
     case "nic": {
       const [sub, ...r2] = rest;
       if (sub === "add") {
-        const { values: v, positionals: p } = args(r2, { legacy: { type: "boolean" }, name: { type: "string" }, mac: { type: "string" } });
+        const { values: v, positionals: p } = args(r2, { legacy: { type: "boolean" }, name: { type: "string" }, mac: { type: "string" }, switch: { type: "string" } });
         const vm = await api.call<VmView>("POST", `/v1/vms/${enc(need(p, 0, "VM name"))}/nics`, {
           legacy: v["legacy"] === true,
           name: v["name"] as string | undefined,
           mac: v["mac"] as string | undefined,
+          switchName: v["switch"] as string | undefined,
         });
         out(!!v["json"], vm, () => printTable(["Adapter", "Type", "MAC", "Switch"], vm.nics.map((n) => [n.name, n.type, n.macAddress, n.switchName])));
         return 0;
@@ -273,7 +277,8 @@ export async function main(argv: string[]): Promise<number> {
         out(!!v["json"], vm, () => printTable(["Adapter", "Type", "MAC", "Switch"], vm.nics.map((n) => [n.name, n.type, n.macAddress, n.switchName])));
         return 0;
       }
-      throw new VmhostError("usage", "nic add|remove");
+      if (sub === "connect") return nicConnectCommand(api, r2);
+      throw new VmhostError("usage", "nic add|remove|connect");
     }
 
     case "console": {
@@ -319,6 +324,12 @@ export async function main(argv: string[]): Promise<number> {
 
     case "service":
       return serviceCommand(api, rest);
+
+    case "switch":
+      return switchCommand(api, rest);
+
+    case "netboot":
+      return netbootCommand(api, rest);
 
     case "integration":
     case "kvp":

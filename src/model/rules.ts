@@ -131,6 +131,19 @@ export function validateVm(vm: VmConfig, host: HostCapacity, others: readonly Vm
     if (macs.has(n.macAddress)) throw new RuleError("mac-in-use", `MAC address ${n.macAddress} is used twice`);
     macs.add(n.macAddress);
   }
+  // As on Hyper-V: two adapters with one MAC address on one switch would steal each other's frames.
+  for (const n of vm.networkAdapters) {
+    for (const other of others) {
+      if (other.id === vm.id) continue;
+      const clash = other.networkAdapters.find((o) => o.macAddress === n.macAddress && o.switchName.toLowerCase() === n.switchName.toLowerCase());
+      if (clash) {
+        throw new RuleError(
+          "mac-in-use-on-switch",
+          `MAC address ${n.macAddress} is already used on switch "${n.switchName}" by adapter "${clash.name}" of VM "${other.name}"`,
+        );
+      }
+    }
+  }
 }
 
 /** Generation 2 has no floppy drive (Hyper-V rule); a request for one is refused by name. */

@@ -5,6 +5,7 @@ import { DiskFormat } from "../model/schema.js";
 import { VmhostError } from "../util/errors.js";
 import type { VmManager } from "./manager.js";
 import { guestRoutes, handleGuestStream } from "./routes-guest.js";
+import { networkRoutes } from "./routes-network.js";
 
 /** Request bodies, validated at the edge. */
 export const Schemas = {
@@ -113,6 +114,7 @@ const routes: [string, RegExp, Handler][] = [
     },
   ],
   ...guestRoutes,
+  ...networkRoutes,
 ];
 
 async function readBody(req: IncomingMessage, limit = 1024 * 1024): Promise<unknown> {

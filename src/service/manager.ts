@@ -28,8 +28,11 @@ import { readConsole } from "../supervisor/console-log.js";
 import { VmhostError, notFound } from "../util/errors.js";
 import { homeLayout, type HomeLayout } from "../util/home.js";
 import { IntegrationManager } from "./integration.js";
+import { NetworkManager } from "../network/manager.js";
 
-export const DEFAULT_SWITCH = "Default Switch";
+import { DEFAULT_SWITCH } from "../network/schema.js";
+
+export { DEFAULT_SWITCH };
 
 export interface CreateVmRequest {
   name: string;
@@ -119,6 +122,7 @@ export class VmManager {
   private readonly macs: MacPool;
   private accel?: Promise<AccelDecision>;
   readonly integration: IntegrationManager;
+  readonly network: NetworkManager;
 
   constructor(home?: string) {
     this.layout = homeLayout(home);
@@ -130,7 +134,9 @@ export class VmManager {
       uefiCode: () => {
         throw new Error("host paths not resolved");
       },
+      engineExtras: (vm) => this.network.engineExtras(vm),
     });
+    this.network = new NetworkManager(this.layout.home, this.store, this.supervisor);
     this.integration = new IntegrationManager(this);
     // Every state change is journaled, so `events` tells the VM's whole story.
     this.supervisor.on("state", (name: string, state: VmState) => void this.supervisor.event(name, "state", `state: ${state}`, { state }));
@@ -144,6 +150,7 @@ export class VmManager {
     this.supervisor.env.qemuBinary = p.qemuBinary;
     this.supervisor.env.uefiCode = (secure) => (secure ? p.ovmf.secure4m.code : p.ovmf.plain4m.code);
     await this.supervisor.adoptAll();
+    await this.network.init();
   }
 
   accelerator(refresh = false): Promise<AccelDecision> {
@@ -395,7 +402,8 @@ export class VmManager {
       name = base;
       for (let i = 2; vm.networkAdapters.some((n) => n.name === name); i++) name = `${base} ${i}`;
     }
-    return { name, type, macAddress: mac, dynamicMac: !opts.mac, switchName: opts.switchName ?? DEFAULT_SWITCH };
+    const switchName = opts.switchName ? await this.network.resolveName(opts.switchName) : DEFAULT_SWITCH;
+    return { name, type, macAddress: mac, dynamicMac: !opts.mac, switchName };
   }
 
   async remove(name: string, deleteDisks: boolean): Promise<{ deletedDisks: string[]; keptDisks: string[] }> {
@@ -550,6 +558,18 @@ export class VmManager {
     return this.show(name);
   }
 
+  /** Connect-VMNetworkAdapter: the adapter moves to another switch (while running, between bridged switches). */
+  async nicConnect(name: string, nicName: string, switchName: string): Promise<VmView> {
+    await this.update(name, async (vm, running) => {
+      const nic = vm.networkAdapters.find((n) => n.name === nicName || n.macAddress === nicName.toUpperCase());
+      if (!nic) throw notFound(`network adapter "${nicName}" on VM "${vm.name}"`);
+      const from = nic.switchName;
+      nic.switchName = await this.network.connect(vm, nic, switchName, running);
+      await this.supervisor.event(vm.name, "nic-connected", `adapter "${nic.name}" connected to switch "${nic.switchName}" (was "${from}")`);
+    });
+    return this.show(name);
+  }
+
   async nicRemove(name: string, nicName: string): Promise<VmView> {
     await this.update(name, async (vm) => {
       const idx = vm.networkAdapters.findIndex((n) => n.name === nicName || n.macAddress === nicName.toUpperCase());
@@ -570,7 +590,11 @@ export class VmManager {
   start(name: string): Promise<VmState> {
     return this.lifecycle(name, async (vm) => {
       for (const d of vm.hardDisks) await mustExist(d.path, `disk of VM "${vm.name}"`);
-      return this.supervisor.start(vm);
+      // A QEMU that never came up leaves no taps behind.
+      return this.supervisor.start(vm).catch(async (err: unknown) => {
+        if (!this.supervisor.isRunning(vm.id)) await this.network.releaseTaps(vm).catch(() => undefined);
+        throw err;
+      });
     });
   }
 

@@ -23,20 +23,26 @@ export class TestHost {
   private constructor(
     readonly home: string,
     readonly env: NodeJS.ProcessEnv,
+    /** A network namespace the test made: the CLI, and so vmhostd and its QEMUs, run inside it. */
+    readonly netns?: string,
   ) {}
 
-  static async create(opts: { accel?: "tcg" | "probe" } = {}): Promise<TestHost> {
+  static async create(opts: { accel?: "tcg" | "probe"; netns?: string } = {}): Promise<TestHost> {
     const home = await mkdtemp(join(tmpdir(), "vmhost-test-"));
     const env: NodeJS.ProcessEnv = { ...process.env, VMHOST_HOME: home, VMHOST_IDLE_EXIT_MS: "600000" };
     // The accelerator probe has its own tests; boot tests skip re-probing in every fresh home.
     if (opts.accel !== "probe") env["VMHOST_ACCEL"] = "tcg";
     else delete env["VMHOST_ACCEL"];
-    return new TestHost(home, env);
+    return new TestHost(home, env, opts.netns);
   }
 
   cli(args: string[], timeoutMs = 240_000): Promise<CliResult> {
     return new Promise((resolvePromise, reject) => {
-      const child = spawn(process.execPath, [VMHOST, ...args], { env: this.env, stdio: ["ignore", "pipe", "pipe"] });
+      // nsenter (not "ip netns exec"): the network namespace only, the host's mounts stay shared.
+      const [cmd, argv] = this.netns
+        ? ["nsenter", [`--net=/run/netns/${this.netns}`, process.execPath, VMHOST, ...args]]
+        : [process.execPath, [VMHOST, ...args]];
+      const child = spawn(cmd, argv, { env: this.env, stdio: ["ignore", "pipe", "pipe"] });
       let stdout = "";
       let stderr = "";
       child.stdout.on("data", (d: Buffer) => (stdout += d.toString()));

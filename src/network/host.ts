@@ -1,0 +1,101 @@
+// The host side of switches: `ip`, `nft` and sysctls, always with argv arrays. Everything here
+// acts on the network namespace vmhost runs in (a test runs vmhostd inside its own namespace).
+import { readFileSync } from "node:fs";
+import { readFile, writeFile } from "node:fs/promises";
+import { CommandError, run } from "../images/appliance/run.js";
+import { VmhostError } from "../util/errors.js";
+
+const CAP_NET_ADMIN = 12;
+
+/** Bridges, taps, namespaces and firewall rules need CAP_NET_ADMIN (root, in practice). */
+export function hasNetAdmin(): boolean {
+  try {
+    const status = readFileSync("/proc/self/status", "utf8");
+    const m = /^CapEff:\s*([0-9a-f]+)$/m.exec(status);
+    return !!m && (BigInt(`0x${m[1]}`) & (1n << BigInt(CAP_NET_ADMIN))) !== 0n;
+  } catch {
+    return process.getuid?.() === 0;
+  }
+}
+
+export function requireNetAdmin(what: string): void {
+  if (hasNetAdmin()) return;
+  throw new VmhostError(
+    "needs-root",
+    `${what} needs root: vmhost creates Linux bridges, taps and firewall rules for it, which takes CAP_NET_ADMIN. ` +
+      `Run vmhost as root, or use the "Default Switch" (user-mode networking), which needs no privileges`,
+    403,
+  );
+}
+
+export async function ip(args: readonly string[], netns?: string): Promise<string> {
+  const argv = netns ? ["-n", netns, ...args] : [...args];
+  return (await run("ip", argv)).stdout;
+}
+
+/** `ip` that tolerates "does not exist" / "already exists" style failures the caller expects. */
+export async function ipMaybe(args: readonly string[], netns?: string): Promise<boolean> {
+  try {
+    await ip(args, netns);
+    return true;
+  } catch (err) {
+    if (err instanceof CommandError) return false;
+    throw err;
+  }
+}
+
+interface IpLink {
+  ifname: string;
+  master?: string;
+  operstate?: string;
+  flags?: string[];
+  link_type?: string;
+  linkinfo?: { info_kind?: string };
+}
+
+export async function links(netns?: string): Promise<IpLink[]> {
+  const out = await ip(["-j", "-d", "link", "show"], netns);
+  return out.trim() ? (JSON.parse(out) as IpLink[]) : [];
+}
+
+export async function link(name: string, netns?: string): Promise<IpLink | undefined> {
+  try {
+    const out = await ip(["-j", "-d", "link", "show", "dev", name], netns);
+    return (JSON.parse(out) as IpLink[])[0];
+  } catch (err) {
+    if (err instanceof CommandError && /does not exist|Cannot find device/i.test(err.stderr)) return undefined;
+    throw err;
+  }
+}
+
+export async function netnsList(): Promise<string[]> {
+  const out = await ip(["netns", "list"]);
+  return out
+    .split("\n")
+    .map((l) => l.trim().split(/\s+/)[0] ?? "")
+    .filter(Boolean);
+}
+
+/** Apply an nft script atomically (one transaction), from stdin. */
+export async function nft(script: string): Promise<void> {
+  await run("nft", ["-f", "-"], { input: script });
+}
+
+export async function nftTables(): Promise<{ family: string; name: string }[]> {
+  const out = (await run("nft", ["-j", "list", "tables"])).stdout;
+  const doc = JSON.parse(out || "{}") as { nftables?: { table?: { family: string; name: string } }[] };
+  return (doc.nftables ?? []).flatMap((x) => (x.table ? [{ family: x.table.family, name: x.table.name }] : []));
+}
+
+/** /proc/sys/net is per network namespace: this sets it for the namespace vmhost runs in. */
+export async function setSysctl(key: string, value: string): Promise<void> {
+  const path = `/proc/sys/${key.replaceAll(".", "/")}`;
+  const now = await readFile(path, "utf8").catch(() => undefined);
+  if (now?.trim() === value) return;
+  await writeFile(path, value);
+}
+
+export function netError(what: string, err: unknown): VmhostError {
+  const msg = err instanceof CommandError ? err.message : (err as Error).message;
+  return new VmhostError("network-failed", `${what}: ${msg}`, 500);
+}

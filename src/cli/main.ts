@@ -7,6 +7,7 @@ import { attachConsole } from "./console.js";
 import { runDemo } from "./demo.js";
 import { printTable, printVm, printHost } from "./format.js";
 import { GUEST_USAGE, followEvents, guestCommand } from "./guest-commands.js";
+import { FIRMWARE_USAGE, firmwareCommand } from "./firmware.js";
 import { serviceCommand } from "./service.js";
 import { NETWORK_USAGE, netbootCommand, nicConnectCommand, switchCommand } from "./network-commands.js";
 
@@ -27,6 +28,8 @@ VMs
   nic add NAME [--legacy] [--name NAME] [--mac MAC] [--switch SWITCH]
   nic remove NAME ADAPTER
   console NAME [--log]          events NAME [--json] [--follow]
+
+${FIRMWARE_USAGE}
 
 ${GUEST_USAGE}
 
@@ -324,6 +327,9 @@ export async function main(argv: string[]): Promise<number> {
 
     case "service":
       return serviceCommand(api, rest);
+
+    case "firmware":
+      return firmwareCommand(api, rest);
 
     case "switch":
       return switchCommand(api, rest);

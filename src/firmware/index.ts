@@ -42,3 +42,12 @@ export {
   moveFirst, applyBootOrder, nextFreeBootNumber, freeBootNumbers,
   type ApplyBootOrderOptions, type ApplyBootOrderResult,
 } from "./bootpolicy.js";
+export {
+  expectedDeviceEntries, syncDeviceEntries, parseBootTarget, resolveBootTarget, setFirstBootDevice, setBootOrder, bootEntriesView,
+  type PreferredNetworkBootProtocol, type DeviceEntrySpec, type SyncResult, type BootTarget, type SetBootOrderResult,
+} from "./service.js";
+export {
+  parseSignatureLists, classifyCertificate, templateDb, applySecureBootTemplate, setSecureBootEnable, readSecureBootState,
+  SecureBootTemplateError, SECURE_BOOT_VARIABLE_GUID, TEMPLATE_TRUST,
+  type SecureBootTemplateName, type SignatureList, type SignatureListEntry, type SecureBootNvramState,
+} from "./secureboot.js";

@@ -64,6 +64,8 @@ export const FirmwareSettings = z
     pauseAfterBootFailure: z.boolean().default(false),
     /** Gen1 only: Hyper-V's BIOS startup order. */
     startupOrder: z.array(Gen1BootDevice).default(["CD", "IDE", "LegacyNetworkAdapter", "Floppy"]),
+    /** A directory the Default Switch serves over TFTP, and the file DHCP names as the boot program. */
+    networkBootPayload: z.object({ dir: z.string().min(1), file: z.string().min(1) }).strict().optional(),
   })
   .strict();
 export type FirmwareSettings = z.infer<typeof FirmwareSettings>;

@@ -4,6 +4,7 @@ import { ensureAppliance } from "../images/appliance/index.js";
 import { DiskFormat } from "../model/schema.js";
 import { VmhostError } from "../util/errors.js";
 import type { VmManager } from "./manager.js";
+import { firmwareRoutes } from "./routes-firmware.js";
 import { guestRoutes, handleGuestStream } from "./routes-guest.js";
 import { networkRoutes } from "./routes-network.js";
 
@@ -114,6 +115,7 @@ const routes: [string, RegExp, Handler][] = [
     },
   ],
   ...guestRoutes,
+  ...firmwareRoutes,
   ...networkRoutes,
 ];
 

@@ -27,6 +27,7 @@ import { Supervisor, type VmRuntimeView } from "../supervisor/supervisor.js";
 import { readConsole } from "../supervisor/console-log.js";
 import { VmhostError, notFound } from "../util/errors.js";
 import { homeLayout, type HomeLayout } from "../util/home.js";
+import { FirmwareManager } from "./firmware.js";
 import { IntegrationManager } from "./integration.js";
 import { NetworkManager } from "../network/manager.js";
 
@@ -122,6 +123,7 @@ export class VmManager {
   private readonly macs: MacPool;
   private accel?: Promise<AccelDecision>;
   readonly integration: IntegrationManager;
+  readonly firmware: FirmwareManager;
   readonly network: NetworkManager;
 
   constructor(home?: string) {
@@ -138,6 +140,7 @@ export class VmManager {
     });
     this.network = new NetworkManager(this.layout.home, this.store, this.supervisor);
     this.integration = new IntegrationManager(this);
+    this.firmware = new FirmwareManager(this);
     // Every state change is journaled, so `events` tells the VM's whole story.
     this.supervisor.on("state", (name: string, state: VmState) => void this.supervisor.event(name, "state", `state: ${state}`, { state }));
   }
@@ -266,6 +269,7 @@ export class VmManager {
       const vm = structuredClone(await this.get(name));
       await fn(vm, this.supervisor.isRunning(vm.id));
       await this.commit(vm);
+      await this.firmware.configChanged(vm);
       return vm;
     });
   }
@@ -295,7 +299,8 @@ export class VmManager {
       dvdDrives: [],
       networkAdapters: [],
       firmware: {
-        secureBoot: false,
+        // On where vmhost knows the boot chain is signed (the appliance: shim, GRUB, kernel signed for the UEFI CA).
+        secureBoot: req.generation === 2 && req.appliance === true,
         secureBootTemplate: "MicrosoftUEFICertificateAuthority",
         preferredNetworkBootProtocol: "IPv4",
         pauseAfterBootFailure: false,
@@ -344,13 +349,9 @@ export class VmManager {
     return this.show(vm.name);
   }
 
-  /** The VM's own copy of the UEFI variable-store template. */
+  /** The VM's own UEFI variable store: keys of its Secure Boot template and entries for its devices. */
   private async createNvram(vm: VmConfig): Promise<void> {
-    const p = await hostPaths();
-    const template = vm.firmware.secureBoot ? p.ovmf.secure4m.vars : p.ovmf.plain4m.vars;
-    const dir = this.store.vmDir(vm.name);
-    await mkdir(dir, { recursive: true });
-    await copyFile(template, join(dir, "nvram.fd"));
+    await this.firmware.createNvram(vm);
   }
 
   /** Appliance bases are linked (or copied) into this home so overlays never dangle when a cache is cleared. */
@@ -590,6 +591,7 @@ export class VmManager {
   start(name: string): Promise<VmState> {
     return this.lifecycle(name, async (vm) => {
       for (const d of vm.hardDisks) await mustExist(d.path, `disk of VM "${vm.name}"`);
+      await this.firmware.beforeStart(vm);
       // A QEMU that never came up leaves no taps behind.
       return this.supervisor.start(vm).catch(async (err: unknown) => {
         if (!this.supervisor.isRunning(vm.id)) await this.network.releaseTaps(vm).catch(() => undefined);

@@ -1,4 +1,5 @@
 import type { HardDisk, VmConfig, DvdDrive, NetworkAdapter } from "../../model/schema.js";
+import { ovmfFwCfg } from "./fwcfg.js";
 import { PCI_SLOTS, QEMU_IDS } from "./layout.js";
 
 /** Where this VM's QEMU talks to vmhost; chosen by the supervisor. */
@@ -133,6 +134,12 @@ function gen1BootIndexes(vm: VmConfig): Map<string, number> {
   return out;
 }
 
+/** The Default Switch (user-mode networking), serving the VM's network boot payload over its TFTP when it has one. */
+function defaultSwitchAttachment(vm: VmConfig): NetAttachment {
+  const p = vm.firmware.networkBootPayload;
+  return p ? { kind: "user", tftpDir: p.dir, bootFile: p.file } : { kind: "user" };
+}
+
 /** The complete QEMU argv (without the binary) for a VM. Pure: same inputs, same argv. */
 export function buildArgv(vm: VmConfig, paths: RuntimePaths, opts: EngineOptions): string[] {
   const a: string[] = [];
@@ -179,7 +186,7 @@ export function buildArgv(vm: VmConfig, paths: RuntimePaths, opts: EngineOptions
   a.push("-chardev", `socket,id=agent0,path=${optValue(paths.agentSocket)},server=on,wait=off`);
   a.push("-device", "virtserialport,bus=vser0.0,chardev=agent0,name=org.qemu.guest_agent.0");
 
-  for (const [k, v] of Object.entries(opts.fwCfg ?? {})) a.push("-fw_cfg", `name=${optValue(k)},string=${optValue(v)}`);
+  for (const [k, v] of Object.entries({ ...ovmfFwCfg(vm), ...opts.fwCfg })) a.push("-fw_cfg", `name=${optValue(k)},string=${optValue(v)}`);
 
   const boot = gen2 ? new Map<string, number>() : gen1BootIndexes(vm);
 
@@ -214,7 +221,7 @@ export function buildArgv(vm: VmConfig, paths: RuntimePaths, opts: EngineOptions
   }
 
   vm.networkAdapters.forEach((nic, i) => {
-    const att = opts.networks?.[nic.name] ?? { kind: "user" };
+    const att = opts.networks?.[nic.name] ?? defaultSwitchAttachment(vm);
     a.push("-netdev", netdevArg(i, att));
     a.push("-device", nicDevice(vm, nic, i, boot.get(`nic:${i}`)));
   });

@@ -1,0 +1,105 @@
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import {
+  bootOptionName, expectedDeviceEntries, parseVarStore, readBootConfiguration, readBootOptionBytes, readBootOrder, syncDeviceEntries,
+  type FirmwareDeviceLayout,
+} from "../../src/firmware/index.js";
+import { fixture } from "../fixtures/firmware/helpers.js";
+
+/** The devices of the fixture VM (make-fixtures.ts): disk at SCSI 0:0 (slot 3), NIC 00:15:5D:00:00:01 at slot 8. */
+const LAYOUT: FirmwareDeviceLayout = {
+  scsiControllers: [{ controller: 0, pciSlot: 3 }],
+  scsiDevices: [{ controller: 0, location: 0, kind: "disk", ref: "SCSI 0:0" }],
+  nics: [{ index: 0, pciSlot: 8, mac: "00:15:5D:00:00:01", ref: "Network Adapter" }],
+};
+
+const eq = (a: Uint8Array | undefined, b: Uint8Array): boolean => a !== undefined && Buffer.compare(Buffer.from(a), Buffer.from(b)) === 0;
+
+test("the entries vmhost predicts are byte for byte the ones OVMF wrote (disk, PXE and HTTP, v4 and v6)", () => {
+  const store = parseVarStore(fixture("ovmf4m.fd"));
+  const v4 = expectedDeviceEntries(LAYOUT, "IPv4");
+  const v6 = expectedDeviceEntries(LAYOUT, "IPv6");
+  assert.deepEqual(v4.map((e) => e.description), ["UEFI QEMU QEMU HARDDISK ", "UEFI PXEv4 (MAC:00155D000001)", "UEFI HTTPv4 (MAC:00155D000001)"]);
+  // OVMF's Boot0001 disk, 0002 PXEv4, 0003 PXEv6, 0004 HTTPv4, 0005 HTTPv6.
+  assert.ok(eq(readBootOptionBytes(store, 1), v4[0]!.bytes));
+  assert.ok(eq(readBootOptionBytes(store, 2), v4[1]!.bytes));
+  assert.ok(eq(readBootOptionBytes(store, 4), v4[2]!.bytes));
+  assert.ok(eq(readBootOptionBytes(store, 3), v6[1]!.bytes));
+  assert.ok(eq(readBootOptionBytes(store, 5), v6[2]!.bytes));
+});
+
+test("DVD drives come first and equal descriptions get OVMF's ' 2' suffix; LUNs after a gap are not seen", () => {
+  const layout: FirmwareDeviceLayout = {
+    scsiControllers: [{ controller: 0, pciSlot: 3 }, { controller: 1, pciSlot: 4 }],
+    scsiDevices: [
+      { controller: 0, location: 0, kind: "disk", ref: "SCSI 0:0" },
+      { controller: 0, location: 1, kind: "dvd", ref: "SCSI 0:1" },
+      { controller: 0, location: 2, kind: "dvd", ref: "SCSI 0:2" },
+      { controller: 0, location: 4, kind: "disk", ref: "SCSI 0:4" },
+      { controller: 1, location: 0, kind: "disk", ref: "SCSI 1:0" },
+    ],
+    nics: [],
+  };
+  const e = expectedDeviceEntries(layout, "IPv4");
+  assert.deepEqual(
+    e.map((x) => [x.description, x.path]),
+    [
+      ["UEFI QEMU QEMU CD-ROM ", "PciRoot(0x0)/Pci(0x3,0x0)/Scsi(0x0,0x1)"],
+      ["UEFI QEMU QEMU CD-ROM  2", "PciRoot(0x0)/Pci(0x3,0x0)/Scsi(0x0,0x2)"],
+      ["UEFI QEMU QEMU HARDDISK ", "PciRoot(0x0)/Pci(0x3,0x0)/Scsi(0x0,0x0)"],
+      ["UEFI QEMU QEMU HARDDISK  2", "PciRoot(0x0)/Pci(0x4,0x0)/Scsi(0x0,0x0)"],
+    ],
+  );
+});
+
+test("sync on a store OVMF made: the other protocol's entries go, the rest stays where it was", () => {
+  const store = parseVarStore(fixture("ovmf4m.fd"));
+  const r = syncDeviceEntries(store, LAYOUT, "IPv4");
+  assert.deepEqual(r.added, []);
+  assert.deepEqual(r.removed.map((x) => x.description), ["UEFI PXEv6 (MAC:00155D000001)", "UEFI HTTPv6 (MAC:00155D000001)"]);
+  assert.deepEqual(readBootOrder(store), [0, 1, 2, 4, 6]);
+  // A second run changes nothing.
+  const again = syncDeviceEntries(store, LAYOUT, "IPv4");
+  assert.deepEqual([again.added, again.removed, again.rewritten], [[], [], []]);
+});
+
+test("a protocol change rewrites each adapter's entries in place, keeping their position", () => {
+  const store = parseVarStore(fixture("ovmf4m.fd"));
+  syncDeviceEntries(store, LAYOUT, "IPv4");
+  const r = syncDeviceEntries(store, LAYOUT, "IPv6");
+  assert.deepEqual(r.rewritten.map((x) => [x.id, x.to]), [[2, "UEFI PXEv6 (MAC:00155D000001)"], [4, "UEFI HTTPv6 (MAC:00155D000001)"]]);
+  assert.deepEqual(readBootOrder(store), [0, 1, 2, 4, 6]);
+  const conf = readBootConfiguration(store, LAYOUT);
+  assert.equal(conf.entries.find((e) => e.id === 2)?.network?.protocol, "PXEv6");
+});
+
+test("a new device's entry goes to the bottom; a removed device's entries go; File entries stay", () => {
+  const store = parseVarStore(fixture("ovmf4m-custom.fd"));
+  const before = readBootConfiguration(store);
+  const files = before.entries.filter((e) => e.type === "File").map((e) => e.id);
+  assert.ok(files.length > 10);
+  const layout: FirmwareDeviceLayout = {
+    ...LAYOUT,
+    scsiDevices: [...LAYOUT.scsiDevices, { controller: 0, location: 1, kind: "disk", ref: "SCSI 0:1" }],
+    nics: [],
+  };
+  const r = syncDeviceEntries(store, layout, "IPv4");
+  // This store has no disk entries at all: both disks get theirs, at the end, in OVMF's order.
+  assert.deepEqual(r.added.map((a) => a.ref), ["SCSI 0:0", "SCSI 0:1"]);
+  const order = readBootOrder(store)!;
+  assert.deepEqual(order.slice(-2), r.added.map((a) => a.id), "the new disks are last");
+  const after = readBootConfiguration(store, layout);
+  for (const id of files) assert.ok(after.entries.some((e) => e.id === id && e.type === "File"), `${bootOptionName(id)} kept`);
+  assert.ok(!after.entries.some((e) => e.type === "Network"), "the adapter's entries are gone with it");
+});
+
+test("a fresh store gets entries for every device, in OVMF's order", () => {
+  const store = parseVarStore(fixture("pristine-OVMF_VARS.fd"));
+  const r = syncDeviceEntries(store, LAYOUT, "IPv4");
+  assert.deepEqual(r.added.map((a) => [bootOptionName(a.id), a.ref]), [
+    ["Boot0000", "SCSI 0:0"],
+    ["Boot0001", "Network Adapter"],
+    ["Boot0002", "Network Adapter"],
+  ]);
+  assert.deepEqual(readBootOrder(store), [0, 1, 2]);
+});

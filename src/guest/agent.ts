@@ -361,6 +361,7 @@ export class GuestAgent extends EventEmitter implements AgentCaller {
       // the id-less parse error qemu-ga answers to the 0xFF that precedes a handshake.
       if (msg["id"] !== id) return false;
       if (!("return" in msg) && !("error" in msg)) return false;
+      this.lastReplyAt = Date.now(); // an error answer is still an answer: the agent is alive
       if ("error" in msg) {
         const e = (msg["error"] ?? {}) as Record<string, unknown>;
         fail(new GuestAgentError(command, guestText(e["class"] ?? "GenericError", 64), guestText(e["desc"] ?? "error")));

@@ -2,7 +2,7 @@ import { z } from "zod";
 import { AnyReply, Empty, GuestAgent, GuestAgentError, GuestAgentUnavailable, guestText, type GuestAgentOptions } from "./agent.js";
 import { copyFileToGuest, type CopyOptions, type CopyResult } from "./copyfile.js";
 import { execOk } from "./exec.js";
-import { HEARTBEAT_INTERVAL_MS, HEARTBEAT_TIMEOUT_MS, HeartbeatMonitor, type HeartbeatOptions } from "./heartbeat.js";
+import { DEFAULT_HEARTBEAT, HEARTBEAT_INTERVAL_MS, HEARTBEAT_TIMEOUT_MS, HeartbeatMonitor, type HeartbeatOptions } from "./heartbeat.js";
 import {
   GuestInfo,
   HostName,
@@ -43,7 +43,8 @@ export interface SessionHost {
 export interface SessionTiming {
   heartbeatIntervalMs: number;
   heartbeatTimeoutMs: number;
-  heartbeat: HeartbeatOptions;
+  /** Silence after the last answer that means Lost Communication. */
+  heartbeatLostAfterMs: number;
   timeCheckIntervalMs: number;
   kvpPollIntervalMs: number;
   agent: GuestAgentOptions;
@@ -52,7 +53,7 @@ export interface SessionTiming {
 export const DEFAULT_TIMING: SessionTiming = {
   heartbeatIntervalMs: HEARTBEAT_INTERVAL_MS,
   heartbeatTimeoutMs: HEARTBEAT_TIMEOUT_MS,
-  heartbeat: { missesForLost: 3 },
+  heartbeatLostAfterMs: DEFAULT_HEARTBEAT.lostAfterMs,
   timeCheckIntervalMs: TIME_CHECK_INTERVAL_MS,
   kvpPollIntervalMs: 15_000,
   agent: {},
@@ -115,7 +116,7 @@ export class GuestSession {
   ) {
     this.t = { ...DEFAULT_TIMING, ...timing };
     this.agent = new GuestAgent(socketPath, { syncTimeoutMs: this.t.heartbeatTimeoutMs, ...this.t.agent });
-    this.heartbeat = new HeartbeatMonitor(this.t.heartbeat);
+    this.heartbeat = new HeartbeatMonitor({ intervalMs: this.t.heartbeatIntervalMs, lostAfterMs: this.t.heartbeatLostAfterMs } satisfies HeartbeatOptions);
   }
 
   start(): void {
@@ -148,41 +149,67 @@ export class GuestSession {
 
   // ---- the heartbeat loop ----------------------------------------------------------------
 
-  private async tick(): Promise<void> {
-    if (this.host.vmState() === "Running") await this.beat();
+  /**
+   * Every interval: judge the silence, and start a ping (plus the periodic work) unless the
+   * previous one is still going. The loop itself never waits on the guest, so a ping stuck
+   * behind a slow command still lets Lost Communication be noticed on time.
+   */
+  private tick(): void {
+    if (this.closed) return;
+    if (this.host.vmState() === "Running") {
+      this.observe(Date.now());
+      void this.work();
+    }
     this.schedule(this.t.heartbeatIntervalMs);
   }
 
-  private beating?: Promise<void>;
+  private working?: Promise<void>;
+  /** A first contact or a return seen by observe(), for work() to follow up. */
+  private pendingContact?: { tr: "first-contact" | "restored"; lostForMs: number };
 
-  /** One beat at a time, whether from the loop or from a request that needs contact now. */
-  private beat(): Promise<void> {
-    this.beating ??= this.beatOnce()
+  /** One ping and its follow-up at a time, whether from the loop or from a request that needs contact now. */
+  private work(): Promise<void> {
+    this.working ??= this.workOnce()
       .catch(() => undefined)
-      .finally(() => (this.beating = undefined));
-    return this.beating;
+      .finally(() => (this.working = undefined));
+    return this.working;
   }
 
-  private async beatOnce(): Promise<void> {
+  /** Any answer from the agent is a beat; too long a silence is Lost Communication. */
+  private observe(now: number): void {
     const settings = this.host.settings();
-    let ok = false;
+    const last = this.agent.lastReplyAt;
+    if (last !== undefined) {
+      const lostForMs = this.heartbeat.lastOkAt !== undefined ? last - this.heartbeat.lastOkAt : 0;
+      const tr = this.heartbeat.beatOk(last);
+      if (tr === "first-contact" || tr === "restored") {
+        this.pendingContact = { tr, lostForMs };
+        if (tr === "restored" && settings.heartbeat) {
+          this.host.journal("heartbeat-restored", `Heartbeat: OK again after ${Math.round(lostForMs / 1000)} s without an answer`);
+        }
+      }
+    }
+    if (this.heartbeat.check(now) === "lost" && settings.heartbeat) {
+      this.host.journal("heartbeat-lost", `Heartbeat: Lost Communication (no answer for ${Math.round((now - (this.heartbeat.lastOkAt ?? now)) / 1000)} s)`, {
+        lastBeatAt: this.heartbeat.lastOkAt ? new Date(this.heartbeat.lastOkAt).toISOString() : undefined,
+      });
+    }
+  }
+
+  private async workOnce(): Promise<void> {
     try {
       await this.agent.call("guest-ping", undefined, Empty, { timeoutMs: this.t.heartbeatTimeoutMs });
-      ok = true;
     } catch (err) {
       const why = err instanceof GuestAgentUnavailable ? err.reason : "error";
-      const tr = this.heartbeat.beatMissed(Date.now(), why === "timeout" ? "no answer" : why === "error" ? guestText((err as Error).message, 120) : why);
-      if (tr === "lost" && settings.heartbeat) {
-        this.host.journal("heartbeat-lost", `Heartbeat: Lost Communication (${this.heartbeat.missedBeats} beats missed)`, {
-          lastBeatAt: this.heartbeat.lastOkAt ? new Date(this.heartbeat.lastOkAt).toISOString() : undefined,
-        });
-      }
-      return;
+      this.heartbeat.lastError = why === "timeout" ? "no answer" : why === "error" ? guestText((err as Error).message, 120) : why;
     }
-    if (!ok || this.closed) return;
-    const lostFor = this.heartbeat.lostAt ? Date.now() - (this.heartbeat.lastOkAt ?? Date.now()) : 0;
-    const tr = this.heartbeat.beatOk(Date.now());
-    if (tr) await this.onContact(tr, lostFor);
+    if (this.closed) return;
+    this.observe(Date.now());
+    if (this.heartbeat.primaryStatus !== "OK") return;
+    const contact = this.pendingContact;
+    this.pendingContact = undefined;
+    if (contact) await this.onContact(contact.tr, contact.lostForMs);
+    const settings = this.host.settings();
     const now = Date.now();
     if (this.frozen) return; // qemu-ga refuses nearly everything while frozen
     if (settings.timeSynchronization && now - this.lastTimeCheck >= this.t.timeCheckIntervalMs) await this.checkTime("drift", false);
@@ -190,15 +217,13 @@ export class GuestSession {
   }
 
   /** The agent answers again (or for the first time): learn what it offers and catch up. */
-  private async onContact(tr: "first-contact" | "restored" | "lost", lostForMs: number): Promise<void> {
+  private async onContact(tr: "first-contact" | "restored", _lostForMs: number): Promise<void> {
     const settings = this.host.settings();
     await this.refreshCapabilities().catch(() => undefined);
     if (tr === "first-contact") {
       this.host.journal("agent-contact", `the guest agent answers${this.agentVersion ? ` (qemu-ga ${this.agentVersion})` : ""}`, {
         agentVersion: this.agentVersion,
       });
-    } else if (tr === "restored" && settings.heartbeat) {
-      this.host.journal("heartbeat-restored", `Heartbeat: OK again after ${Math.round(lostForMs / 1000)} s of Lost Communication`);
     }
     await this.recoverFreeze().catch(() => undefined);
     if (settings.timeSynchronization) await this.checkTime(tr === "first-contact" ? "contact" : "contact-restored", false);
@@ -230,19 +255,21 @@ export class GuestSession {
     if (state === "Paused") this.pausedSeen = true;
     else if (state === "Running" && this.pausedSeen) {
       this.pausedSeen = false;
+      this.heartbeat.grace(Date.now());
       if (this.host.settings().timeSynchronization) void this.checkTime("resume", true);
     }
   }
 
   onRestored(): void {
     this.pausedSeen = false;
+    this.heartbeat.grace(Date.now());
     if (this.host.settings().timeSynchronization) void this.checkTime("restore", true);
   }
 
   /** The guest was reset: its agent restarts, and what it said before no longer holds. */
   onGuestReset(): void {
     this.agent.desync();
-    this.heartbeat.reset();
+    this.heartbeat.reset(Date.now());
     this.commands = undefined;
     this.guestItems = undefined;
     this.externalItems = undefined;
@@ -472,7 +499,7 @@ export class GuestSession {
   /** Contact now: one beat is tried first when the last one failed (or none was made yet). */
   private async requireContact(service: string): Promise<void> {
     if (this.host.vmState() !== "Running") throw new IntegrationError("invalid-state", `VM "${this.host.vmName}" is ${this.host.vmState()}; ${service} needs it Running`);
-    if (this.heartbeat.primaryStatus !== "OK") await this.beat();
+    if (this.heartbeat.primaryStatus !== "OK") await this.work();
     if (this.heartbeat.primaryStatus !== "OK") {
       throw new IntegrationError("no-contact", `${service}: the guest agent of VM "${this.host.vmName}" does not answer (${this.heartbeat.describe(Date.now())})`, 503);
     }

@@ -49,24 +49,29 @@ test("status: empty while off, OK when disabled (as Hyper-V), contact otherwise,
   assert.match(noFreeze.detail, /guest-fsfreeze-freeze/);
 });
 
-test("heartbeat: No Contact, OK, Lost Communication after the set misses, OK again", () => {
-  const m = new HeartbeatMonitor({ missesForLost: 3 });
+test("heartbeat: No Contact, OK, Lost Communication after too long a silence, OK again; pauses and resets", () => {
+  const m = new HeartbeatMonitor({ intervalMs: 2000, lostAfterMs: 9000 });
   assert.equal(m.primaryStatus, "No Contact");
-  assert.equal(m.beatMissed(0, "no answer"), undefined, "misses before first contact stay No Contact");
-  assert.equal(m.primaryStatus, "No Contact");
+  assert.equal(m.check(60_000), undefined, "silence before first contact stays No Contact");
   assert.equal(m.beatOk(1000), "first-contact");
   assert.equal(m.describe(3400), "OK, 2 s ago");
-  assert.equal(m.beatMissed(4000, "no answer"), undefined);
-  assert.equal(m.beatMissed(6000, "no answer"), undefined);
+  assert.equal(m.beatOk(900), undefined, "an older answer changes nothing");
+  assert.equal(m.check(10_000), undefined);
   assert.equal(m.primaryStatus, "OK");
-  assert.equal(m.beatMissed(8000, "no answer"), "lost");
+  m.lastError = "no answer";
+  assert.equal(m.check(10_001), "lost");
   assert.equal(m.primaryStatus, "Lost Communication");
-  assert.equal(m.beatMissed(10000, "no answer"), undefined, "lost is reported once");
-  assert.match(m.describe(11000), /^Lost Communication, last beat 10 s ago \(4 missed: no answer\)$/);
-  assert.equal(m.beatOk(12000), "restored");
-  assert.equal(m.primaryStatus, "OK");
-  m.reset();
+  assert.equal(m.check(20_000), undefined, "lost is reported once");
+  assert.equal(m.describe(21_000), "Lost Communication, last beat 20 s ago (10 missed: no answer)");
+  assert.equal(m.beatOk(22_000), "restored");
+  // A pause is not silence: counting starts again at the resume.
+  m.grace(100_000);
+  assert.equal(m.check(105_000), undefined);
+  assert.equal(m.check(109_001), "lost");
+  m.reset(200_000);
   assert.equal(m.primaryStatus, "No Contact");
+  assert.equal(m.beatOk(199_000), undefined, "answers from before a guest reset do not count");
+  assert.equal(m.beatOk(201_000), "first-contact");
 });
 
 test("time drift is measured against the middle of the round trip and corrected beyond 1 s", () => {

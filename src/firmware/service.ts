@@ -147,8 +147,12 @@ export function syncDeviceEntries(store: VarStore, layout: FirmwareDeviceLayout,
     else pending.push(e);
   }
   for (const e of pending) {
+    // The same device (or the same adapter, by MAC, moved to another slot) keeps its number and place.
     const hit = expected.find(
-      (s) => !claimed.has(s) && sameDevice(e.device, s.device) && (s.network === null || s.network === netKind(e.network?.protocol)),
+      (s) =>
+        !claimed.has(s) &&
+        (sameDevice(e.device, s.device) || (s.device.kind === "nic" && e.network?.mac === s.device.mac)) &&
+        (s.network === null || s.network === netKind(e.network?.protocol)),
     );
     if (hit) {
       claimed.add(hit);

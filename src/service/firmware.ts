@@ -170,6 +170,56 @@ function describeOp(op: PendingOp): string {
   }
 }
 
+/** Renders the Get-VMFirmware view from a parsed store (also what the benchmark times). */
+export function renderFirmwareView(
+  vm: VmConfig, state: string, store: VarStore, file: string, pending: FirmwareView["pending"], busy: string | null, lastBootFailure: BootFailure | null,
+): FirmwareView {
+  const entries = bootEntriesView(store, firmwareLayout(vm));
+  const nvram = { ...readSecureBootState(store), file };
+  let next: number | null = null;
+  try {
+    next = readBootNext(store);
+  } catch {
+    next = null;
+  }
+  const sb = vm.firmware.secureBoot;
+  const inForce = !sb
+    ? nvram.pkEnrolled
+      ? "Off: SecureBootEnable is cleared in the NVRAM (the keys stay enrolled) and the firmware runs without SMM; nothing is verified"
+      : "Off: no keys are enrolled (setup mode); nothing is verified"
+    : nvram.secureBoot
+      ? `On (${vm.firmware.secureBootTemplate}): images must be signed by ${nvram.db.join(" or ") || "(empty db)"}`
+      : nvram.setupMode
+        ? "Setup mode: no PK enrolled, nothing is verified"
+        : "Off: SecureBootEnable is cleared in the NVRAM";
+  return {
+    vm: vm.name,
+    generation: 2,
+    state,
+    bootOrder: entries.map((e) => ({
+      id: e.name,
+      bootType: e.type,
+      description: e.description,
+      firmwarePath: e.firmwarePath,
+      device: deviceView(vm, e.device),
+      ...(e.network ? { protocol: e.network.protocol } : {}),
+      active: e.active,
+      inBootOrder: e.inBootOrder,
+    })),
+    bootNext: next === null ? null : bootOptionName(next),
+    preferredNetworkBootProtocol: vm.firmware.preferredNetworkBootProtocol,
+    secureBoot: sb ? "On" : "Off",
+    secureBootTemplate: vm.firmware.secureBootTemplate,
+    nvram,
+    secureBootInForce: pending.some((p) => p.op === "secure-boot") ? `${inForce} (a change is pending)` : inForce,
+    pauseAfterBootFailure: vm.firmware.pauseAfterBootFailure,
+    lastBootFailure,
+    networkBootPayload: vm.firmware.networkBootPayload ?? null,
+    pending,
+    ...(pending.length && busy ? { pendingReason: `${busy}; applied before the next start` } : {}),
+  };
+}
+
 export class FirmwareManager {
   readonly bootFailures: BootFailureWatch;
 
@@ -338,67 +388,21 @@ export class FirmwareManager {
     const pending = (await this.readPending(vm)).map((o) => ({ op: o.op, detail: describeOp(o), at: o.at }));
     if (vm.generation === 1) return { vm: vm.name, generation: 1, state: rt.state, startupOrder: vm.firmware.startupOrder, pending };
     const file = this.nvramFile(vm);
-    let store: VarStore;
-    try {
-      store = await readVarStoreFile(file);
-    } catch (err) {
-      throw new VmhostError("nvram-damaged", `the NVRAM of VM "${vm.name}" cannot be read: ${(err as Error).message}`, 500);
+    let store: VarStore | undefined;
+    // While QEMU runs it may be writing the flash file: a torn read is retried before it is reported.
+    for (let attempt = 0; store === undefined; attempt++) {
+      try {
+        store = await readVarStoreFile(file);
+      } catch (err) {
+        if (attempt < 2 && this.m.supervisor.isRunning(vm.id)) await new Promise((r) => setTimeout(r, 50));
+        else throw new VmhostError("nvram-damaged", `the NVRAM of VM "${vm.name}" cannot be read: ${(err as Error).message}`, 500);
+      }
     }
     // Show what the firmware will see: pending device entries included, on a copy.
     if (pending.some((p) => p.op === "devices") || !(await this.busyReason(vm))) {
       syncDeviceEntries(store, firmwareLayout(vm), vm.firmware.preferredNetworkBootProtocol);
     }
-    return this.render(vm, rt.state, store, file, pending, await this.busyReason(vm), await this.lastFailure(vm.name));
-  }
-
-  /** Renders the Get-VMFirmware view from a parsed store (also what the benchmark times). */
-  render(
-    vm: VmConfig, state: string, store: VarStore, file: string, pending: FirmwareView["pending"], busy: string | null, lastBootFailure: BootFailure | null,
-  ): FirmwareView {
-    const entries = bootEntriesView(store, firmwareLayout(vm));
-    const nvram = { ...readSecureBootState(store), file };
-    let next: number | null = null;
-    try {
-      next = readBootNext(store);
-    } catch {
-      next = null;
-    }
-    const sb = vm.firmware.secureBoot;
-    const inForce = !sb
-      ? nvram.pkEnrolled
-        ? "Off: SecureBootEnable is cleared in the NVRAM (the keys stay enrolled) and the firmware runs without SMM; nothing is verified"
-        : "Off: no keys are enrolled (setup mode); nothing is verified"
-      : nvram.secureBoot
-        ? `On (${vm.firmware.secureBootTemplate}): images must be signed by ${nvram.db.join(" or ") || "(empty db)"}`
-        : nvram.setupMode
-          ? "Setup mode: no PK enrolled, nothing is verified"
-          : "Off: SecureBootEnable is cleared in the NVRAM";
-    return {
-      vm: vm.name,
-      generation: 2,
-      state,
-      bootOrder: entries.map((e) => ({
-        id: e.name,
-        bootType: e.type,
-        description: e.description,
-        firmwarePath: e.firmwarePath,
-        device: deviceView(vm, e.device),
-        ...(e.network ? { protocol: e.network.protocol } : {}),
-        active: e.active,
-        inBootOrder: e.inBootOrder,
-      })),
-      bootNext: next === null ? null : bootOptionName(next),
-      preferredNetworkBootProtocol: vm.firmware.preferredNetworkBootProtocol,
-      secureBoot: sb ? "On" : "Off",
-      secureBootTemplate: vm.firmware.secureBootTemplate,
-      nvram,
-      secureBootInForce: pending.some((p) => p.op === "secure-boot") ? `${inForce} (a change is pending)` : inForce,
-      pauseAfterBootFailure: vm.firmware.pauseAfterBootFailure,
-      lastBootFailure,
-      networkBootPayload: vm.firmware.networkBootPayload ?? null,
-      pending,
-      ...(pending.length && busy ? { pendingReason: `${busy}; applied before the next start` } : {}),
-    };
+    return renderFirmwareView(vm, rt.state, store, file, pending, await this.busyReason(vm), await this.lastFailure(vm.name));
   }
 
   async set(name: string, req: FirmwareSetRequest): Promise<FirmwareSetResult> {

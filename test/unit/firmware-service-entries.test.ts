@@ -103,3 +103,19 @@ test("a fresh store gets entries for every device, in OVMF's order", () => {
   ]);
   assert.deepEqual(readBootOrder(store), [0, 1, 2]);
 });
+
+test("an adapter that moves to another slot (an earlier one was removed) keeps its entries' place", () => {
+  const store = parseVarStore(fixture("ovmf4m.fd"));
+  const two: FirmwareDeviceLayout = { ...LAYOUT, nics: [...LAYOUT.nics, { index: 1, pciSlot: 9, mac: "00:15:5D:00:00:02", ref: "Network Adapter 2" }] };
+  syncDeviceEntries(store, two, "IPv4");
+  const order = readBootOrder(store)!;
+  const moved: FirmwareDeviceLayout = { ...LAYOUT, nics: [{ index: 0, pciSlot: 8, mac: "00:15:5D:00:00:02", ref: "Network Adapter 2" }] };
+  const r = syncDeviceEntries(store, moved, "IPv4");
+  assert.deepEqual(r.added, []);
+  assert.equal(r.rewritten.length, 2);
+  assert.deepEqual(r.removed.map((x) => x.description), ["UEFI PXEv4 (MAC:00155D000001)", "UEFI HTTPv4 (MAC:00155D000001)"]);
+  const conf = readBootConfiguration(store, moved);
+  const net = conf.entries.filter((e) => e.type === "Network");
+  assert.ok(net.every((e) => e.device?.ref === "Network Adapter 2" && e.firmwarePath.startsWith("PciRoot(0x0)/Pci(0x8,0x0)/MAC(00155D000002")));
+  assert.deepEqual(readBootOrder(store), order.filter((id) => conf.entries.some((e) => e.id === id)));
+});

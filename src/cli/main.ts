@@ -144,8 +144,15 @@ export async function main(argv: string[]): Promise<number> {
       const vms = await api.call<ListEntry[]>("GET", "/v1/vms");
       out(!!v["json"], vms, () =>
         printTable(
-          ["Name", "State", "CPUs", "Memory", "Generation"],
-          vms.map((x) => [x.name, x.state, String(x.cpus ?? ""), x.memoryMiB ? `${x.memoryMiB} MiB` : "", x.generation ? String(x.generation) : x.error ?? ""]),
+          ["Name", "State", "CPUs", "Memory", "Generation", "Heartbeat"],
+          vms.map((x) => [
+            x.name,
+            x.state,
+            String(x.cpus ?? ""),
+            x.memoryMiB ? `${x.memoryMiB} MiB` : "",
+            x.generation ? String(x.generation) : x.error ?? "",
+            x.heartbeat === "disabled" ? "(disabled)" : x.heartbeat ?? "",
+          ]),
         ),
       );
       return 0;

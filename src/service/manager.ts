@@ -94,6 +94,8 @@ export interface ListEntry {
   cpus?: number;
   memoryMiB?: number;
   error?: string;
+  /** Integration services' Heartbeat while the VM runs ("OK, 2 s ago"). */
+  heartbeat?: string;
 }
 
 /** Device names as the CLI shows them: "SCSI 0:1", "IDE 0:0", and adapters by name. */
@@ -206,7 +208,8 @@ export class VmManager {
         if (!l.ok) return { name: l.name, state: "Damaged", error: l.error };
         const vm = l.config;
         const state = this.supervisor.stateOf(vm) ?? (await this.supervisor.view(vm)).state;
-        return { name: vm.name, id: vm.id, generation: vm.generation, state, cpus: vm.processorCount, memoryMiB: vm.memoryMiB };
+        const hb = this.integration.heartbeatOf(vm);
+        return { name: vm.name, id: vm.id, generation: vm.generation, state, cpus: vm.processorCount, memoryMiB: vm.memoryMiB, ...(hb ? { heartbeat: hb.detail } : {}) };
       }),
     );
   }

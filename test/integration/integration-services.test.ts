@@ -109,6 +109,9 @@ test("the appliance boots and `integration list --json` shows the six services w
   assert.match(list[1]!.detail, /^OK, \d+ s ago$/);
   const show = await host.ok(["show", VM]);
   assert.match(show, /Heartbeat:\s+OK, \d+ s ago/);
+  const listed = await host.json<{ name: string; heartbeat?: string }[]>(["list"]);
+  assert.match(listed.find((v) => v.name === VM)?.heartbeat ?? "", /^OK, \d+ s ago$/);
+  assert.match(await host.ok(["list"]), /Heartbeat[\s\S]*OK, \d+ s ago/);
   assert.ok((await events()).some((e) => e.type === "agent-contact"));
 });
 

@@ -1,9 +1,9 @@
 import { resolve } from "node:path";
-import { parseArgs, type ParseArgsConfig } from "node:util";
 import type { ServiceClient } from "../service/client.js";
 import { streamCall } from "../service/client-stream.js";
 import { VmhostError } from "../util/errors.js";
 import { formatSize } from "../util/size.js";
+import { args, enc, need, out } from "./args.js";
 import { printTable } from "./format.js";
 
 /** The integration-services commands: integration, kvp, copy-file, vss, and events --follow. */
@@ -15,30 +15,6 @@ export const GUEST_USAGE = `Integration services
   copy-file NAME SOURCE DEST [--create-full-path] [--force]
   vss freeze NAME [--timeout SECONDS]       vss thaw NAME        vss status NAME
   events NAME [--json] [--follow]`;
-
-type Values = Record<string, string | boolean | undefined>;
-
-function args(argv: string[], options: ParseArgsConfig["options"] = {}): { values: Values; positionals: string[] } {
-  try {
-    const r = parseArgs({ args: argv, options: { json: { type: "boolean" }, ...options }, allowPositionals: true, strict: true });
-    return { values: r.values as Values, positionals: r.positionals };
-  } catch (err) {
-    throw new VmhostError("usage", (err as Error).message.replace(/^TypeError \[.*?\]: /, ""));
-  }
-}
-
-function need(p: string[], i: number, what: string): string {
-  const v = p[i];
-  if (v === undefined) throw new VmhostError("usage", `missing ${what}`);
-  return v;
-}
-
-const enc = encodeURIComponent;
-
-function out(json: boolean, data: unknown, human: () => void): void {
-  if (json) process.stdout.write(JSON.stringify(data, null, 2) + "\n");
-  else human();
-}
 
 interface ServiceStatus {
   name: string;

@@ -4,6 +4,7 @@ import type { VmEvent } from "../supervisor/events.js";
 import { VmhostError } from "../util/errors.js";
 import { toVmhostError } from "./integration.js";
 import type { VmManager } from "./manager.js";
+import { parseBody, vmRoute, type Route } from "./validate.js";
 
 /** API routes of the integration services, and the streaming ones (copy-file progress, events --follow). */
 
@@ -22,20 +23,10 @@ export const GuestSchemas = {
     .strict(),
 };
 
-function parse<S extends z.ZodTypeAny>(schema: S, body: unknown): z.output<S> {
-  const r = schema.safeParse(body ?? {});
-  if (!r.success) {
-    const i = r.error.issues[0];
-    throw new VmhostError("bad-request", `invalid request: ${i ? `${i.path.join(".") || "body"}: ${i.message}` : "invalid"}`);
-  }
-  return r.data;
-}
+const parse = parseBody;
+const vm = vmRoute;
 
-type Handler = (m: VmManager, params: string[], body: unknown) => Promise<unknown>;
-const NAME = "([^/]+)";
-const vm = (rest: string) => new RegExp(`^/v1/vms/${NAME}/${rest}$`);
-
-export const guestRoutes: [string, RegExp, Handler][] = [
+export const guestRoutes: Route<VmManager>[] = [
   ["GET", vm("integration"), (m, [n]) => m.integration.list(n!)],
   [
     "POST",

@@ -1,9 +1,10 @@
-import { parseArgs, type ParseArgsConfig } from "node:util";
+import { resolve } from "node:path";
 import type { NetbootPayload } from "../images/netboot.js";
 import type { SwitchView } from "../network/manager.js";
 import type { ServiceClient } from "../service/client.js";
 import type { VmView } from "../service/manager.js";
 import { VmhostError } from "../util/errors.js";
+import { args, enc, need, out } from "./args.js";
 import { printTable } from "./format.js";
 
 /** Virtual switches (New-VMSwitch & co.), Connect-VMNetworkAdapter, and network-boot payloads. */
@@ -15,32 +16,8 @@ export const NETWORK_USAGE = `Switches
   nic connect VM ADAPTER SWITCH                 ("Default Switch" is built in; no root needed)
   netboot build DIR [--marker TEXT]             (bootx64.efi, boot.ipxe, vmlinuz, initrd.img from the appliance)`;
 
-type Values = Record<string, string | boolean | undefined>;
-
-function args(argv: string[], options: ParseArgsConfig["options"] = {}): { values: Values; positionals: string[] } {
-  try {
-    const r = parseArgs({ args: argv, options: { json: { type: "boolean" }, ...options }, allowPositionals: true, strict: true });
-    return { values: r.values as Values, positionals: r.positionals };
-  } catch (err) {
-    throw new VmhostError("usage", (err as Error).message.replace(/^TypeError \[.*?\]: /, ""));
-  }
-}
-
-function need(p: string[], i: number, what: string): string {
-  const v = p[i];
-  if (v === undefined) throw new VmhostError("usage", `missing ${what}`);
-  return v;
-}
-
 function str(v: string | boolean | undefined): string | undefined {
   return typeof v === "string" ? v : undefined;
-}
-
-const enc = encodeURIComponent;
-
-function out(json: boolean, data: unknown, human: () => void): void {
-  if (json) process.stdout.write(JSON.stringify(data, null, 2) + "\n");
-  else human();
 }
 
 function printSwitch(s: SwitchView): void {
@@ -142,7 +119,6 @@ export async function netbootCommand(api: ServiceClient, rest: string[]): Promis
   const [sub, ...r] = rest;
   if (sub !== "build") throw new VmhostError("usage", "netboot build DIR [--marker TEXT]");
   const { values: v, positionals: p } = args(r, { marker: { type: "string" } });
-  const { resolve } = await import("node:path");
   const res = await api.call<NetbootPayload>("POST", "/v1/netboot/payload", { dir: resolve(need(p, 0, "directory")), marker: str(v["marker"]) });
   out(!!v["json"], res, () => {
     console.log(`Network-boot payload "${res.marker}" in ${res.dir}:`);

@@ -1,7 +1,7 @@
 import { z } from "zod";
 import { buildNetbootPayload } from "../images/netboot.js";
-import { VmhostError } from "../util/errors.js";
 import type { VmManager } from "./manager.js";
+import { NAME_GROUP, parseBody, vmRoute, type Route } from "./validate.js";
 
 /** API routes of virtual switches, adapter connections and network-boot payloads. */
 
@@ -22,28 +22,16 @@ export const NetworkSchemas = {
   netboot: z.object({ dir: z.string().min(1).max(4096), marker: z.string().min(1).max(64).optional() }).strict(),
 };
 
-function parse<S extends z.ZodTypeAny>(schema: S, body: unknown): z.output<S> {
-  const r = schema.safeParse(body ?? {});
-  if (!r.success) {
-    const i = r.error.issues[0];
-    throw new VmhostError("bad-request", `invalid request: ${i ? `${i.path.join(".") || "body"}: ${i.message}` : "invalid"}`);
-  }
-  return r.data;
-}
-
-type Handler = (m: VmManager, params: string[], body: unknown) => Promise<unknown>;
-const NAME = "([^/]+)";
-
-export const networkRoutes: [string, RegExp, Handler][] = [
+export const networkRoutes: Route<VmManager>[] = [
   ["GET", /^\/v1\/switches$/, (m) => m.network.list()],
-  ["POST", /^\/v1\/switches$/, (m, _p, b) => m.network.create(parse(NetworkSchemas.switchNew, b))],
-  ["GET", new RegExp(`^/v1/switches/${NAME}$`), (m, [n]) => m.network.show(n!)],
-  ["DELETE", new RegExp(`^/v1/switches/${NAME}$`), (m, [n]) => m.network.remove(n!)],
+  ["POST", /^\/v1\/switches$/, (m, _p, b) => m.network.create(parseBody(NetworkSchemas.switchNew, b))],
+  ["GET", new RegExp(`^/v1/switches/${NAME_GROUP}$`), (m, [n]) => m.network.show(n!)],
+  ["DELETE", new RegExp(`^/v1/switches/${NAME_GROUP}$`), (m, [n]) => m.network.remove(n!)],
   [
     "POST",
-    new RegExp(`^/v1/vms/${NAME}/nics/connect$`),
+    vmRoute("nics/connect"),
     (m, [n], b) => {
-      const r = parse(NetworkSchemas.nicConnect, b);
+      const r = parseBody(NetworkSchemas.nicConnect, b);
       return m.nicConnect(n!, r.adapter, r.switchName);
     },
   ],
@@ -51,7 +39,7 @@ export const networkRoutes: [string, RegExp, Handler][] = [
     "POST",
     /^\/v1\/netboot\/payload$/,
     async (_m, _p, b) => {
-      const r = parse(NetworkSchemas.netboot, b);
+      const r = parseBody(NetworkSchemas.netboot, b);
       return buildNetbootPayload(r.dir, { marker: r.marker });
     },
   ],

@@ -42,6 +42,13 @@ import { parseSlotRef, slotRef, type VmManager } from "./manager.js";
  * boot protocol, PauseAfterBootFailure) are stored in the VM's configuration at once.
  */
 
+/** Hyper-V's SecureBootTemplateId values (Get-VMFirmware). */
+const TEMPLATE_IDS: Record<VmConfig["firmware"]["secureBootTemplate"], string> = {
+  MicrosoftWindows: "1734c6e8-3154-4dda-ba5f-a874cc483422",
+  MicrosoftUEFICertificateAuthority: "272e7447-90a4-4563-a4b9-8e4ab00526ce",
+  OpenSourceShieldedVM: "4292ae2b-ee2c-42b5-a969-dd8f8689f6f3",
+};
+
 /** One change to the NVRAM, as asked for (re-resolved against the store when applied). */
 const PendingOp = z.discriminatedUnion("op", [
   z.object({ op: z.literal("first-boot-device"), target: z.string(), at: z.string() }).strict(),
@@ -95,6 +102,8 @@ export interface FirmwareView {
   preferredNetworkBootProtocol?: "IPv4" | "IPv6";
   secureBoot?: "On" | "Off";
   secureBootTemplate?: string;
+  /** Hyper-V's SecureBootTemplateId for the template. */
+  secureBootTemplateId?: string;
   /** What the NVRAM holds (SecureBoot and SetupMode as the firmware derives them at boot). */
   nvram?: SecureBootNvramState & { file: string };
   /** In force: what the next (or running) boot verifies. */
@@ -210,6 +219,7 @@ export function renderFirmwareView(
     preferredNetworkBootProtocol: vm.firmware.preferredNetworkBootProtocol,
     secureBoot: sb ? "On" : "Off",
     secureBootTemplate: vm.firmware.secureBootTemplate,
+    secureBootTemplateId: TEMPLATE_IDS[vm.firmware.secureBootTemplate],
     nvram,
     secureBootInForce: pending.some((p) => p.op === "secure-boot") ? `${inForce} (a change is pending)` : inForce,
     pauseAfterBootFailure: vm.firmware.pauseAfterBootFailure,

@@ -22,6 +22,12 @@ export function printVm(vm: VmView): void {
   if (vm.floppy !== undefined) console.log(`Floppy:      ${vm.floppy ?? "(empty)"}`);
   for (const n of vm.nics) console.log(`Adapter:     ${n.name}  ${n.type}  ${n.macAddress}${n.dynamicMac ? " (dynamic)" : ""}  -> ${n.switchName}`);
   if (vm.heartbeat) console.log(`Heartbeat:   ${vm.heartbeat.detail === "disabled" ? "OK (disabled)" : vm.heartbeat.detail}`);
+  if (vm.diagnosis) {
+    console.log(`Diagnosis:   ${vm.diagnosis.title} (${vm.diagnosis.id}, ${vm.diagnosis.at})`);
+    console.log(`  Why:       ${vm.diagnosis.explanation}`);
+    console.log(`  Fix:       ${vm.diagnosis.fix}`);
+    for (const l of vm.diagnosis.evidence) console.log(`  | ${l}`);
+  }
   if (vm.lastExit) {
     console.log(`Last exit:   ${vm.lastExit.at}: ${vm.lastExit.reason}`);
     if (vm.lastExit.consoleTail.length) {

@@ -25,6 +25,7 @@ import {
 } from "../model/index.js";
 import { Supervisor, type VmRuntimeView } from "../supervisor/supervisor.js";
 import { readConsole } from "../supervisor/console-log.js";
+import { readDiagnosis, type Diagnosis } from "../supervisor/diagnostics/index.js";
 import { VmhostError, notFound } from "../util/errors.js";
 import { homeLayout, type HomeLayout } from "../util/home.js";
 import { FirmwareManager } from "./firmware.js";
@@ -83,6 +84,8 @@ export interface VmView {
   lastExit?: VmRuntimeView["lastExit"];
   /** Integration services' Heartbeat while the VM runs ("OK, 2 s ago"). */
   heartbeat?: { status: string; detail: string };
+  /** Boot diagnostics: what went wrong in the last (or current) boot and the fix, kept after the VM is off. */
+  diagnosis: Diagnosis | null;
   paths: { config: string; console: string; serialSocket?: string };
 }
 
@@ -142,6 +145,11 @@ export class VmManager {
     });
     this.network = new NetworkManager(this.layout.home, this.store, this.supervisor);
     this.integration = new IntegrationManager(this);
+    // A guest whose agent answers is up: its quiet console is no stalled boot.
+    this.supervisor.diagnostics.guestAlive = (vm) => {
+      const hb = this.integration.heartbeatOf(vm);
+      return hb?.status === "OK" && hb.detail !== "disabled";
+    };
     this.firmware = new FirmwareManager(this);
     // Every state change is journaled, so `events` tells the VM's whole story.
     this.supervisor.on("state", (name: string, state: VmState) => void this.supervisor.event(name, "state", `state: ${state}`, { state }));
@@ -236,6 +244,7 @@ export class VmManager {
       hasSavedState: rt.hasSavedState,
       ...(rt.lastExit && rt.state === "Off" ? { lastExit: rt.lastExit } : {}),
       ...(rt.pid && this.integration.heartbeatOf(vm) ? { heartbeat: this.integration.heartbeatOf(vm) } : {}),
+      diagnosis: await readDiagnosis(files.dir),
       paths: {
         config: this.store.configPath(vm.name),
         console: files.consoleLog,

@@ -64,7 +64,8 @@ export async function consoleTail(log: string, n = 10, maxBytes = 64 * 1024): Pr
 
 /** Removes the terminal control sequences firmware and shells print (cursor moves, modes). */
 export function stripTerminalControls(text: string): string {
-  return text.replace(/\x1b\[[0-9;?=]*[A-Za-z]/g, "").replace(/\x1b[()][A-Za-z0-9]/g, "");
+  // ESC c is the full reset SeaBIOS's serial console starts with.
+  return text.replace(/\x1b\[[0-9;?=]*[A-Za-z]/g, "").replace(/\x1b[()][A-Za-z0-9]/g, "").replace(/\x1b[c78DEHM]/g, "");
 }
 
 export function cleanConsoleLines(text: string): string[] {

@@ -21,8 +21,10 @@ export class ConsoleWatcher {
     private readonly onLine: (line: string) => void,
   ) {}
 
-  async start(fromEnd: boolean): Promise<void> {
-    if (fromEnd) this.offset = await stat(this.file).then((s) => s.size, () => 0);
+  /** From the end of the file, or from an offset (where a just-started QEMU began writing, so no early line is missed). */
+  async start(fromEnd: boolean | number): Promise<void> {
+    if (typeof fromEnd === "number") this.offset = fromEnd;
+    else if (fromEnd) this.offset = await stat(this.file).then((s) => s.size, () => 0);
     try {
       this.watcher = watch(this.file, () => void this.read());
       this.watcher.on("error", () => undefined);

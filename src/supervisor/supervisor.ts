@@ -1,7 +1,7 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { EventEmitter } from "node:events";
 import { createReadStream, createWriteStream, openSync, closeSync } from "node:fs";
-import { mkdir, rename, rm, stat, open } from "node:fs/promises";
+import { mkdir, rename, rm, stat, open, writeFile } from "node:fs/promises";
 import { createServer, createConnection } from "node:net";
 import { join } from "node:path";
 import type { VmConfig, VmState, HardDisk } from "../model/schema.js";
@@ -13,6 +13,7 @@ import { VmhostError } from "../util/errors.js";
 import { KeyedMutex } from "../util/mutex.js";
 import { consoleTail, rotateIfLarge } from "./console-log.js";
 import { ConsoleWatcher } from "./console-watch.js";
+import { BootDiagnostics } from "./diagnostics/watch.js";
 import { EventJournal, type VmEvent } from "./events.js";
 import { isSameProcessAlive, processCmdline, processStartTime, sleep, waitForExit } from "./proc.js";
 import {
@@ -80,6 +81,8 @@ export class Supervisor extends EventEmitter {
   private readonly locks = new KeyedMutex();
   private rotateTimer?: NodeJS.Timeout;
   readonly journal: EventJournal;
+  /** Boot diagnostics: known failure signatures and stalls on each VM's console (diagnostics/). */
+  readonly diagnostics: BootDiagnostics;
   /**
    * Set by the integration services: asks the guest to shut down through its agent, true when
    * it took the request; stop falls back to the ACPI power button otherwise.
@@ -93,6 +96,7 @@ export class Supervisor extends EventEmitter {
   ) {
     super();
     this.journal = new EventJournal((n) => store.vmDir(n));
+    this.diagnostics = new BootDiagnostics(this);
   }
 
   /** Serialise operations on one VM (keyed by id, so a rename could never race). */
@@ -117,6 +121,7 @@ export class Supervisor extends EventEmitter {
       pidFile: join(runDir, "qemu.pid"),
       consoleLog: f.consoleLog,
       nvram: vm.generation === 2 ? f.nvram : undefined,
+      biosSerialConsole: vm.generation === 1 ? join(runDir, "sercon-port") : undefined,
     };
   }
 
@@ -132,6 +137,7 @@ export class Supervisor extends EventEmitter {
 
   close(): void {
     if (this.rotateTimer) clearInterval(this.rotateTimer);
+    this.diagnostics.close();
     for (const r of this.running.values()) {
       r.console.stop();
       r.qmp.removeAllListeners("close");
@@ -237,6 +243,7 @@ export class Supervisor extends EventEmitter {
     await rm(runDir, { recursive: true, force: true });
     await mkdir(runDir, { recursive: true, mode: 0o700 });
     const paths = this.runtimePaths(vm, runDir);
+    if (paths.biosSerialConsole) await writeFile(paths.biosSerialConsole, Buffer.from([0xf8, 0x03]));
     const { accel, reason } = await this.env.accelerator();
     const extras = (await this.env.engineExtras?.(vm)) ?? {};
     const opts: EngineOptions = {
@@ -248,6 +255,8 @@ export class Supervisor extends EventEmitter {
     };
     const argv = buildArgv(vm, paths, opts);
 
+    // The console log is appended to across runs: this run's output starts at its current end.
+    const consoleFrom = await stat(files.consoleLog).then((st) => st.size, () => 0);
     const logFd = openSync(files.qemuLog, "w");
     let child: ChildProcess;
     try {
@@ -281,7 +290,7 @@ export class Supervisor extends EventEmitter {
       accelReason: reason,
     };
     await writeRuntime(files, record);
-    const r = this.track(vm, files, record, qmp, child, childExited, () => childExit);
+    const r = this.track(vm, files, record, qmp, child, childExited, () => childExit, consoleFrom);
     r.state = restoring ? "Starting" : "Running";
     await this.event(vm.name, "started", `started under ${accel.toUpperCase()} (${reason})`);
 
@@ -319,6 +328,7 @@ export class Supervisor extends EventEmitter {
     child?: ChildProcess,
     childExited?: Promise<void>,
     exitInfo: () => ChildExit | undefined = () => undefined,
+    consoleFrom?: number,
   ): Running {
     let markGone!: (r: ExitRecord) => void;
     const gone = new Promise<ExitRecord>((resolve) => (markGone = resolve));
@@ -340,7 +350,7 @@ export class Supervisor extends EventEmitter {
     this.running.set(vm.id, r);
     // Integration services attach their guest agent session here ("detached" when QEMU goes).
     this.emit("attached", vm, record.runDir);
-    void r.console.start(true);
+    void r.console.start(consoleFrom ?? true);
     qmp.on("event", (ev: QmpEvent) => this.onQmpEvent(r, ev));
     qmp.once("close", () => void this.onQemuGone(r));
     return r;
@@ -660,6 +670,11 @@ export class Supervisor extends EventEmitter {
   consoleQuietSeconds(vm: VmConfig): number | undefined {
     const r = this.running.get(vm.id);
     return r ? (Date.now() - r.console.lastOutputAt) / 1000 : undefined;
+  }
+
+  /** What the console printed after its last newline (a prompt), or undefined when off. */
+  consolePending(vm: VmConfig): string | undefined {
+    return this.running.get(vm.id)?.console.pendingText();
   }
 
   runningPids(): number[] {

@@ -11,6 +11,11 @@ export interface RuntimePaths {
   pidFile: string;
   /** Gen2: this VM's own copy of the UEFI variable store. */
   nvram?: string;
+  /**
+   * Gen1: a file holding the serial port's I/O address (0x3f8, little-endian) for fw_cfg
+   * etc/sercon-port, so SeaBIOS prints on the console ("No bootable device.") as on a screen.
+   */
+  biosSerialConsole?: string;
 }
 
 /** How an adapter reaches its switch; the Default Switch is QEMU user-mode networking. */
@@ -164,6 +169,7 @@ export function buildArgv(vm: VmConfig, paths: RuntimePaths, opts: EngineOptions
   } else {
     a.push("-machine", ["pc", `accel=${opts.accel}`].join(","));
     if (opts.bios) a.push("-bios", opts.bios);
+    if (paths.biosSerialConsole) a.push("-fw_cfg", `name=etc/sercon-port,file=${optValue(paths.biosSerialConsole)}`);
     a.push("-boot", "strict=on");
   }
   if (opts.accel === "kvm") a.push("-cpu", "host");

@@ -98,6 +98,26 @@ test("a Gen1 VM with no disk: SeaBIOS's No bootable device, on the console and d
   await host.ok(["turn-off", "g1"]);
 });
 
+test("Secure Boot with the MicrosoftWindows template refuses the appliance's shim: the diagnosis names the template, and its advice works", { timeout: 300_000 }, async () => {
+  await host.ok(["new", "sb", "--generation", "2", "--appliance"]);
+  await host.ok(["nic", "remove", "sb", "Network Adapter"]);
+  await host.ok(["firmware", "set", "sb", "--secure-boot", "on", "--secure-boot-template", "MicrosoftWindows"]);
+  const { d, seconds } = await startUntilDiagnosed("sb", "secure-boot-refused", 120_000);
+  console.log(`# Secure Boot refusal: "${d.title}" ${seconds.toFixed(1)} s after start`);
+  assert.ok(seconds < 60, `diagnosed after ${seconds} s`);
+  assert.match(d.title, /Secure Boot refused to start Boot[0-9A-F]{4} "UEFI QEMU QEMU HARDDISK" \(Access Denied\)/);
+  assert.match(d.fix, /Secure Boot is on with the MicrosoftWindows template.*needs the MicrosoftUEFICertificateAuthority template/);
+  await host.ok(["turn-off", "sb"]);
+  // Following the advice: the same disk boots under the UEFI CA template, and no diagnosis is left.
+  await host.ok(["firmware", "set", "sb", "--secure-boot-template", "MicrosoftUEFICertificateAuthority"]);
+  await host.ok(["start", "sb"]);
+  await host.waitConsole("sb", "vmhost-appliance: secure boot enabled", 180_000);
+  await host.waitConsole("sb", "vmhost-appliance: ready", 60_000);
+  await sleep(1000);
+  assert.equal(await diagnosis("sb"), null);
+  await host.ok(["turn-off", "sb"]);
+});
+
 /**
  * A boot sector that prints seed 000's last console lines (OmniOS on a one-vCPU Gen1 VM) on
  * COM1 and halts: a real BIOS boot that goes silent after "Configuring devices.".

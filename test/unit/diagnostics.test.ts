@@ -125,6 +125,15 @@ const CASES: { fixture: string; facts: Partial<VmFacts>; id: string | null; chec
     },
   },
   {
+    fixture: "uefi-secureboot-windows-template",
+    facts: { ...SB, ...DISK, secureBootTemplate: "MicrosoftWindows" },
+    id: "secure-boot-refused",
+    check: (d) => {
+      assert.equal(d.title, 'Secure Boot refused to start Boot0000 "UEFI QEMU QEMU HARDDISK" (Access Denied)');
+      assert.match(d.fix, /Secure Boot is on with the MicrosoftWindows template, which trusts only Windows boot loaders/);
+    },
+  },
+  {
     fixture: "linux-ioapic-timer",
     facts: GEN1,
     id: "no-usable-timer",

@@ -1,8 +1,8 @@
-import { parseArgs, type ParseArgsConfig } from "node:util";
 import { ServiceClient } from "../service/client.js";
 import type { ListEntry, VmView } from "../service/manager.js";
 import { VmhostError } from "../util/errors.js";
 import { parseSize } from "../util/size.js";
+import { args, enc, int, need, out } from "./args.js";
 import { attachConsole } from "./console.js";
 import { runDemo } from "./demo.js";
 import { printTable, printVm, printHost } from "./format.js";
@@ -41,29 +41,6 @@ Host
 
 Everything lives under $VMHOST_HOME (default /var/lib/vmhost for root).`;
 
-type Values = Record<string, string | boolean | undefined>;
-
-function args(argv: string[], options: ParseArgsConfig["options"]): { values: Values; positionals: string[] } {
-  try {
-    const r = parseArgs({ args: argv, options: { json: { type: "boolean" }, ...options }, allowPositionals: true, strict: true });
-    return { values: r.values as Values, positionals: r.positionals };
-  } catch (err) {
-    throw new VmhostError("usage", (err as Error).message.replace(/^TypeError \[.*?\]: /, ""));
-  }
-}
-
-function need(positionals: string[], i: number, what: string): string {
-  const v = positionals[i];
-  if (v === undefined) throw new VmhostError("usage", `missing ${what}`);
-  return v;
-}
-
-function int(v: string | boolean | undefined, what: string): number | undefined {
-  if (v === undefined) return undefined;
-  if (typeof v !== "string" || !/^\d+$/.test(v)) throw new VmhostError("usage", `${what} must be a whole number (got ${JSON.stringify(v)})`);
-  return Number(v);
-}
-
 /** Memory: a bare number means MiB (as Hyper-V Manager shows it); units are binary. */
 function memoryMiB(v: string | boolean | undefined): number | undefined {
   if (v === undefined) return undefined;
@@ -89,13 +66,6 @@ function newDiskSpec(v: string): { sizeBytes: number; format: "vhdx" | "qcow2" |
   } catch (err) {
     throw new VmhostError("usage", `new disk size: ${(err as Error).message}`);
   }
-}
-
-const enc = encodeURIComponent;
-
-function out(json: boolean, data: unknown, human: () => void): void {
-  if (json) process.stdout.write(JSON.stringify(data, null, 2) + "\n");
-  else human();
 }
 
 export async function main(argv: string[]): Promise<number> {

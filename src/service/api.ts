@@ -3,6 +3,7 @@ import { z } from "zod";
 import { ensureAppliance } from "../images/appliance/index.js";
 import { DiskFormat } from "../model/schema.js";
 import { VmhostError } from "../util/errors.js";
+import { NAME_GROUP, parseBody, type Route } from "./validate.js";
 import type { VmManager } from "./manager.js";
 import { firmwareRoutes } from "./routes-firmware.js";
 import { guestRoutes, handleGuestStream } from "./routes-guest.js";
@@ -55,19 +56,10 @@ export const Schemas = {
   applianceBuild: z.object({ force: z.boolean().default(false) }).strict(),
 };
 
-type Handler = (m: VmManager, params: string[], body: unknown) => Promise<unknown>;
+const parse = parseBody;
 
-function parse<S extends z.ZodTypeAny>(schema: S, body: unknown): z.output<S> {
-  const r = schema.safeParse(body ?? {});
-  if (!r.success) {
-    const i = r.error.issues[0];
-    throw new VmhostError("bad-request", `invalid request: ${i ? `${i.path.join(".") || "body"}: ${i.message}` : "invalid"}`);
-  }
-  return r.data;
-}
-
-const NAME = "([^/]+)";
-const routes: [string, RegExp, Handler][] = [
+const NAME = NAME_GROUP;
+const routes: Route<VmManager>[] = [
   ["GET", /^\/v1\/host$/, (m) => m.host()],
   ["POST", /^\/v1\/host\/accelerator\/probe$/, (m) => m.accelerator(true)],
   ["GET", /^\/v1\/vms$/, (m) => m.list()],

@@ -1,4 +1,4 @@
-import { copyFile, mkdir, readFile, rm, stat } from "node:fs/promises";
+import { copyFile, mkdir, readFile, rm } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import { z } from "zod";
 import { hostPaths } from "../engine/qemu/host.js";
@@ -29,6 +29,7 @@ import { BootFailureWatch, type BootFailure } from "../supervisor/boot-failure.j
 import { writeFileAtomic } from "../util/atomic.js";
 import { VmhostError } from "../util/errors.js";
 import { parseSlotRef, slotRef, type VmManager } from "./manager.js";
+import { pathExists } from "../util/fs.js";
 
 /**
  * vmhostd's side of Get-VMFirmware / Set-VMFirmware: the device layout of a VM (from its
@@ -273,7 +274,7 @@ export class FirmwareManager {
   /** Why the store cannot be written now, or null when it can. */
   private async busyReason(vm: VmConfig): Promise<string | null> {
     if (this.m.supervisor.isRunning(vm.id)) return `VM "${vm.name}" is ${this.m.supervisor.stateOf(vm) ?? "running"} and QEMU has its NVRAM open`;
-    if (await exists(this.m.supervisor.files(vm.name).savedState)) return `VM "${vm.name}" is Saved: restoring its state writes the firmware's flash back`;
+    if (await pathExists(this.m.supervisor.files(vm.name).savedState)) return `VM "${vm.name}" is Saved: restoring its state writes the firmware's flash back`;
     return null;
   }
 
@@ -339,8 +340,8 @@ export class FirmwareManager {
   async beforeStart(vm: VmConfig): Promise<void> {
     if (vm.generation !== 2) return;
     const file = this.nvramFile(vm);
-    if (await exists(this.m.supervisor.files(vm.name).savedState)) return; // the restore brings its own flash
-    if (!(await exists(file))) await this.createNvram(vm);
+    if (await pathExists(this.m.supervisor.files(vm.name).savedState)) return; // the restore brings its own flash
+    if (!(await pathExists(file))) await this.createNvram(vm);
     const ops = await this.readPending(vm);
     const store = await readVarStoreFile(file);
     const before = store.toBuffer().slice();
@@ -378,7 +379,7 @@ export class FirmwareManager {
       return;
     }
     const file = this.nvramFile(vm);
-    if (!(await exists(file))) return;
+    if (!(await pathExists(file))) return;
     const store = await readVarStoreFile(file);
     const r = syncDeviceEntries(store, firmwareLayout(vm), vm.firmware.preferredNetworkBootProtocol);
     if (r.added.length || r.removed.length || r.rewritten.length) {
@@ -452,7 +453,7 @@ export class FirmwareManager {
         if (req.networkBootPayload === null) delete fw.networkBootPayload;
         else {
           const dir = resolve(req.networkBootPayload.dir);
-          if (!(await exists(join(dir, req.networkBootPayload.file)))) {
+          if (!(await pathExists(join(dir, req.networkBootPayload.file)))) {
             throw new VmhostError("missing-file", `boot file ${join(dir, req.networkBootPayload.file)} does not exist`, 404);
           }
           fw.networkBootPayload = { dir, file: req.networkBootPayload.file };
@@ -543,11 +544,3 @@ export class FirmwareManager {
   }
 }
 
-async function exists(p: string): Promise<boolean> {
-  try {
-    await stat(p);
-    return true;
-  } catch {
-    return false;
-  }
-}

@@ -27,6 +27,7 @@ import {
   type RuntimeRecord,
   type VmFiles,
 } from "./records.js";
+import { pathExists } from "../util/fs.js";
 
 /** What the supervisor needs from the host; injected so it can be tested and stays engine-thin. */
 export interface EngineEnvironment {
@@ -182,7 +183,7 @@ export class Supervisor extends EventEmitter {
   async view(vm: VmConfig): Promise<VmRuntimeView> {
     const r = this.running.get(vm.id);
     const files = this.files(vm.name);
-    const hasSavedState = await exists(files.savedState);
+    const hasSavedState = await pathExists(files.savedState);
     if (r) {
       return {
         state: r.state,
@@ -238,7 +239,7 @@ export class Supervisor extends EventEmitter {
       throw new VmhostError("invalid-state", `VM "${vm.name}" is already ${this.running.get(vm.id)!.state}`, 409);
     }
     const files = this.files(vm.name);
-    const restoring = await exists(files.savedState);
+    const restoring = await pathExists(files.savedState);
     const runDir = this.runDirFor(vm);
     await rm(runDir, { recursive: true, force: true });
     await mkdir(runDir, { recursive: true, mode: 0o700 });
@@ -394,7 +395,7 @@ export class Supervisor extends EventEmitter {
     r.console.stop();
     this.running.delete(r.id);
     this.emit("detached", r.name, r.id);
-    const saved = r.intent === "save" && (await exists(r.files.savedState));
+    const saved = r.intent === "save" && (await pathExists(r.files.savedState));
     const exit = await this.recordExit(r.name, r.files, saved ? "state saved" : reason, !saved && r.intent === undefined);
     await clearRuntime(r.files).catch(() => undefined);
     await rm(r.record.runDir, { recursive: true, force: true }).catch(() => undefined);
@@ -498,7 +499,7 @@ export class Supervisor extends EventEmitter {
     const r = this.running.get(vm.id);
     if (!r) {
       const files = this.files(vm.name);
-      if (await exists(files.savedState)) {
+      if (await pathExists(files.savedState)) {
         await rm(files.savedState, { force: true });
         await this.event(vm.name, "saved-state-discarded", "saved state discarded by turn-off");
       }
@@ -682,11 +683,3 @@ export class Supervisor extends EventEmitter {
   }
 }
 
-async function exists(path: string): Promise<boolean> {
-  try {
-    await stat(path);
-    return true;
-  } catch {
-    return false;
-  }
-}

@@ -442,28 +442,9 @@ class FakeHost extends EventEmitter implements DiagnosticsHost {
   }
 }
 
+/** The seed-000 guest: OmniOS as a 1-vCPU Gen1 VM. */
 function vmConfig(over: Partial<VmConfig> = {}): VmConfig {
-  return {
-    formatVersion: 1,
-    name: "omnios",
-    id: "6f1c2f4e-8d4b-4a4e-9f0e-3b8f4a2d1c01",
-    generation: 1,
-    processorCount: 1,
-    memoryMiB: 2048,
-    notes: "",
-    createdAt: "2026-11-21T09:00:00Z",
-    hardDisks: [],
-    dvdDrives: [],
-    networkAdapters: [],
-    firmware: {
-      secureBoot: false,
-      secureBootTemplate: "MicrosoftUEFICertificateAuthority",
-      preferredNetworkBootProtocol: "IPv4",
-      pauseAfterBootFailure: false,
-      startupOrder: ["CD", "IDE", "LegacyNetworkAdapter", "Floppy"],
-    },
-    ...over,
-  } as VmConfig;
+  return sampleVm({ name: "omnios", generation: 1, memoryMiB: 2048, ...over });
 }
 
 describe("boot diagnostics: the per-VM watcher", () => {

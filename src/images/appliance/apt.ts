@@ -6,6 +6,7 @@ import { mkdir, mkdtemp, readdir, readFile, realpath, rename, rm, stat } from "n
 import { join } from "node:path";
 import { run } from "./run.js";
 import { sharedLibraries } from "./ldd.js";
+import { pathExists } from "../../util/fs.js";
 
 export const KERNEL_METAPACKAGE = "linux-image-amd64";
 
@@ -88,14 +89,6 @@ async function candidates(pkgs: readonly string[]): Promise<Map<string, string>>
   return out;
 }
 
-async function exists(p: string): Promise<boolean> {
-  try {
-    await stat(p);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 /** Spellings of a path dpkg may have recorded on a merged-/usr system. */
 async function pathSpellings(p: string): Promise<string[]> {
@@ -152,7 +145,7 @@ export async function resolveInputs(): Promise<ResolvedInputs> {
   const missingPkgs: string[] = [];
   for (const [key, spec] of Object.entries(HOST_PROGRAMS) as [keyof typeof HOST_PROGRAMS, (typeof HOST_PROGRAMS)[keyof typeof HOST_PROGRAMS]][]) {
     let found: string | undefined;
-    for (const c of spec.candidates) if (await exists(c)) { found = c; break; }
+    for (const c of spec.candidates) if (await pathExists(c)) { found = c; break; }
     if (found) hostPrograms[key] = found;
     else missingPkgs.push(spec.debianPackage);
   }
@@ -231,7 +224,7 @@ export async function fetchDebs(debsDir: string, wanted: Record<string, string>,
   for (const [pkg, ver] of Object.entries(wanted)) {
     const path = join(debsDir, debFileName(pkg, ver));
     result[pkg] = path;
-    if (!(await exists(path))) toFetch.push([pkg, ver]);
+    if (!(await pathExists(path))) toFetch.push([pkg, ver]);
   }
   if (toFetch.length === 0) return result;
   log(`downloading ${toFetch.map(([p, v]) => `${p}=${v}`).join(" ")}`);

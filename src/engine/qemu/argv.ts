@@ -129,7 +129,7 @@ function gen1BootIndexes(vm: VmConfig): Map<string, number> {
     if (cls === "CD") for (const d of vm.dvdDrives) out.set(`dvd:${d.controllerNumber}:${d.controllerLocation}`, next++);
     if (cls === "IDE")
       for (const d of vm.hardDisks.filter((x) => x.controllerType === "IDE"))
-        out.set(`disk:${d.controllerNumber}:${d.controllerLocation}`, next++);
+        out.set(`disk:IDE:${d.controllerNumber}:${d.controllerLocation}`, next++);
     if (cls === "Floppy" && vm.floppy?.path) out.set("floppy", next++);
     if (cls === "LegacyNetworkAdapter")
       vm.networkAdapters.forEach((n, i) => {
@@ -206,7 +206,8 @@ export function buildArgv(vm: VmConfig, paths: RuntimePaths, opts: EngineOptions
 
   for (const d of vm.hardDisks) {
     a.push("-blockdev", diskBlockdev(d));
-    a.push("-device", deviceArg(storageDevice(d, "hd", true, boot.get(`disk:${d.controllerNumber}:${d.controllerLocation}`))));
+    // Keyed by controller type too: a Gen1 VM's SCSI 0:0 is not its IDE 0:0 (which has the bootindex).
+    a.push("-device", deviceArg(storageDevice(d, "hd", true, boot.get(`disk:${d.controllerType}:${d.controllerNumber}:${d.controllerLocation}`))));
   }
   for (const d of vm.dvdDrives) {
     if (d.path) a.push("-blockdev", dvdBlockdev({ ...d, path: d.path }));

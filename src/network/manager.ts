@@ -30,7 +30,8 @@ export interface CreateSwitchRequest {
 
 export interface SwitchView {
   name: string;
-  type: SwitchType | "Default";
+  /** "Default" is the built-in switch; "Damaged" a definition file that does not parse (left as it is). */
+  type: SwitchType | "Default" | "Damaged";
   builtIn: boolean;
   id?: string;
   netAdapter?: string;
@@ -86,7 +87,7 @@ export class NetworkManager {
     const out: SwitchView[] = [this.defaultView(configs)];
     for (const l of await this.store.list()) {
       if (!l.ok) {
-        out.push({ name: l.name, type: "Default", builtIn: false, dhcp: false, notes: `damaged: ${l.error}`, adapters: [] });
+        out.push({ name: l.name, type: "Damaged", builtIn: false, dhcp: false, notes: l.error, adapters: [] });
         continue;
       }
       out.push(await this.view(l.config, configs));

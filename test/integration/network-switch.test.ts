@@ -6,6 +6,7 @@ import { join } from "node:path";
 import { BOOT_TIMEOUT_MS, READY, TestHost, sleep } from "../helpers/harness.js";
 import { TestNetns, killAndDelete, netnsExists, switchNamespaces } from "../helpers/netns.js";
 import { processStartTime } from "../../src/supervisor/proc.js";
+import { NAMES } from "../../src/network/names.js";
 
 /**
  * Switches end to end, all inside namespaces this test makes: "host" (vmhostd, its bridges,
@@ -207,6 +208,14 @@ test("a switch in use is not removed; after the VMs stop, removal leaves no link
   const inUse = await host.cli(["switch", "remove", "priv"]);
   assert.notEqual(inUse.code, 0);
   assert.match(inUse.stderr, /in use by running VM/);
+  // Connect-VMNetworkAdapter on a running VM: between two bridged switches its tap changes bridge at once.
+  const b = await host.json<VmJson & { id: string }>(["show", "b"]);
+  const moved = await host.json<VmJson>(["nic", "connect", "b", b.nics[1]!.name, "int"]);
+  assert.equal(moved.nics[1]!.switchName, "int");
+  const tap = JSON.parse(await hostNs.ip("-j", "link", "show", "dev", NAMES.tap(b.id, b.nics[1]!.name))) as { master?: string }[];
+  assert.equal(tap[0]?.master, (await host.json<SwitchJson>(["switch", "show", "int"])).status!.bridge);
+  const toDefault = await host.cli(["nic", "connect", "b", b.nics[1]!.name, "Default Switch"]);
+  assert.match(toDefault.stderr, /needs VM "b" off/);
   const switches = (await host.json<SwitchJson[]>(["switch", "list"])).filter((s) => s.status);
   const serviceNs = switches.flatMap((s) => (s.status!.serviceNetns ? [s.status!.serviceNetns] : []));
   await host.ok(["turn-off", "a"]);

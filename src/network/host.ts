@@ -68,6 +68,13 @@ export async function link(name: string, netns?: string): Promise<IpLink | undef
   }
 }
 
+/** Global-scope addresses of an interface ("10.0.0.5/24"). */
+export async function hostAddresses(dev: string): Promise<string[]> {
+  const out = await ip(["-j", "addr", "show", "dev", dev]);
+  const parsed = (out.trim() ? JSON.parse(out) : []) as { addr_info?: { local: string; prefixlen: number; scope: string }[] }[];
+  return parsed.flatMap((l) => (l.addr_info ?? []).filter((a) => a.scope === "global").map((a) => `${a.local}/${a.prefixlen}`));
+}
+
 export async function netnsList(): Promise<string[]> {
   const out = await ip(["netns", "list"]);
   return out

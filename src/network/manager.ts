@@ -11,7 +11,7 @@ import { VmhostError, notFound } from "../util/errors.js";
 import { KeyedMutex } from "../util/mutex.js";
 import { formatIpv4Subnet, gatewayAddress, parseIpv4, parseIpv4Subnet, parseIpv6Prefix, subnetsOverlap, ulaPrefix, type Ipv4Subnet } from "./addr.js";
 import { ensureSwitch, switchStatus, teardownSwitch, type SwitchStatus } from "./ensure.js";
-import { hasNetAdmin, ip, link, netError, requireNetAdmin } from "./host.js";
+import { hasNetAdmin, hostAddresses, ip, link, netError, requireNetAdmin } from "./host.js";
 import { deleteLink, ensureMaster, ensureTap } from "./links.js";
 import { NAMES } from "./names.js";
 import { DEFAULT_SWITCH, SwitchConfig, SwitchName, SwitchType } from "./schema.js";
@@ -207,7 +207,17 @@ export class NetworkManager {
       createdAt: new Date().toISOString(),
     });
     requireNetAdmin(`creating switch "${sw.name}" (${type})`);
-    if (type === "External" && !(await link(sw.netAdapter!))) throw bad(`host network adapter "${sw.netAdapter}" does not exist`);
+    if (type === "External") {
+      if (!(await link(sw.netAdapter!))) throw bad(`host network adapter "${sw.netAdapter}" does not exist`);
+      // Enslaved, the NIC's own addresses stop working; vmhost does not move them to the bridge.
+      const addrs = await hostAddresses(sw.netAdapter!);
+      if (addrs.length) {
+        throw bad(
+          `host network adapter "${sw.netAdapter}" has the host's address(es) ${addrs.join(", ")}: bridging it would cut the host off that network. ` +
+            "Move them off it first, or bridge an adapter the host does not use",
+        );
+      }
+    }
     await this.store.create(sw);
     try {
       await this.locks.run(sw.id, () => ensureSwitch(sw, this.store.stateDir(sw)));

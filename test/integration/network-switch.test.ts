@@ -82,6 +82,8 @@ async function waitAddr(vm: string, dev: string, prefix: string): Promise<string
 test("switches of every type are created; each shows its bridge, dnsmasq and firewall", { timeout: 120_000 }, async () => {
   await host.ok(["switch", "new", "priv", "--type", "private", "--subnet", "10.61.0.0/24", "--dhcp", "on"]);
   await host.ok(["switch", "new", "int", "--type", "internal", "--subnet", "10.62.0.0/24", "--dhcp", "on"]);
+  const inUse = await host.cli(["switch", "new", "bad", "--type", "external", "--adapter", "wan0"]);
+  assert.match(inUse.stderr, /"wan0" has the host's address\(es\) 10\.98\.0\.1\/24: bridging it would cut the host off/);
   await host.ok(["switch", "new", "ext", "--type", "external", "--adapter", "lanport"]);
   await host.ok(["switch", "new", "nat", "--type", "nat", "--subnet", "10.64.0.0/24", "--dhcp", "on", "--adapter", "wan0"]);
   const list = await host.json<SwitchJson[]>(["switch", "list"]);

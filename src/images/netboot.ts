@@ -3,20 +3,32 @@
 //   bootx64.efi  a unified kernel image (systemd's EFI stub + kernel + initramfs + command line),
 //                the network boot program OVMF fetches over PXEv4 or PXEv6: one file, no second
 //                stage that would have to speak IPv6 itself;
+//   shimx64.efi  for Secure Boot: Debian's shim (signed for the UEFI CA), which fetches
+//   grubx64.efi  Debian's signed netboot GRUB from the same server, which reads grub/grub.cfg
+//                and loads the (signed) kernel and the initramfs over TFTP, IPv4 or IPv6 alike;
 //   boot.ipxe    an iPXE script (Gen1: iPXE's e1000 ROM under SeaBIOS) that fetches vmlinuz and
 //                initrd.img over TFTP from the server that gave it the script.
 // The initramfs gets one more archive appended whose /etc/profile prints a marker, so the
 // console shows that the payload itself (not a disk) is running.
 import { chmod, copyFile, mkdir, mkdtemp, readFile, rename, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
-import { join, resolve } from "node:path";
+import { dirname, join, resolve } from "node:path";
 import { ensureAppliance } from "./appliance/index.js";
+import { extractDeb, fetchDebs } from "./appliance/apt.js";
 import { gzipInitramfs, writeNewc } from "./appliance/cpio.js";
 import { ETC_FILES } from "./appliance/guest-files.js";
 import { run } from "./appliance/run.js";
 
 export const UEFI_STUB = "/usr/lib/systemd/boot/efi/linuxx64.efi.stub";
-export const NETBOOT_FILES = { uefi: "bootx64.efi", ipxe: "boot.ipxe", kernel: "vmlinuz", initrd: "initrd.img" } as const;
+export const NETBOOT_FILES = {
+  uefi: "bootx64.efi",
+  shim: "shimx64.efi",
+  grub: "grubx64.efi",
+  grubCfg: "grub/grub.cfg",
+  ipxe: "boot.ipxe",
+  kernel: "vmlinuz",
+  initrd: "initrd.img",
+} as const;
 export const MARKER_PREFIX = "vmhost-netboot: payload";
 
 export interface NetbootPayload {
@@ -41,6 +53,18 @@ export function ipxeScript(cmdline: string): string {
     "echo vmhost-netboot: iPXE script running",
     `kernel tftp://\${next-server}/${NETBOOT_FILES.kernel} ${cmdline} vmhost.netboot=ipxe`,
     `initrd tftp://\${next-server}/${NETBOOT_FILES.initrd}`,
+    "boot",
+    "",
+  ].join("\n");
+}
+
+/** Debian's netboot GRUB reads $prefix/grub.cfg, its prefix being /grub on the TFTP server. */
+export function grubNetCfg(cmdline: string): string {
+  return [
+    "set timeout=0",
+    'echo "vmhost-netboot: signed GRUB is loading the kernel over TFTP"',
+    `linux /${NETBOOT_FILES.kernel} ${cmdline} vmhost.netboot=uefi-secure-boot`,
+    `initrd /${NETBOOT_FILES.initrd}`,
     "boot",
     "",
   ].join("\n");
@@ -82,6 +106,20 @@ export async function buildNetbootPayload(dirIn: string, opts: { marker?: string
       UEFI_STUB, uki,
     ]);
     await writeFile(join(work, NETBOOT_FILES.ipxe), ipxeScript(cmdline));
+    // The signed chain from the very packages the appliance's Gen2 disk boots with (in its cache).
+    const debs = await fetchDebs(
+      join(dirname(app.dir), "debs"),
+      { "shim-signed": app.manifest.packages["shim-signed"]!, "grub-efi-amd64-signed": app.manifest.packages["grub-efi-amd64-signed"]! },
+      opts.log ?? (() => undefined),
+    );
+    const x = join(work, "x");
+    for (const deb of Object.values(debs)) await extractDeb(deb, x);
+    await copyFile(join(x, "usr/lib/shim/shimx64.efi.signed"), join(work, NETBOOT_FILES.shim));
+    await copyFile(join(x, "usr/lib/grub/x86_64-efi-signed/grubnetx64.efi.signed"), join(work, NETBOOT_FILES.grub));
+    await mkdir(join(work, "grub"));
+    await writeFile(join(work, NETBOOT_FILES.grubCfg), grubNetCfg(cmdline));
+    await mkdir(join(dir, "grub"), { recursive: true });
+    await chmod(join(dir, "grub"), 0o755);
     await copyFile(kernel, join(work, NETBOOT_FILES.kernel));
     const files: string[] = [];
     for (const f of Object.values(NETBOOT_FILES)) {

@@ -20,7 +20,7 @@ import { firewallScript } from "../../src/network/firewall.js";
 import { NAMES } from "../../src/network/names.js";
 import { SwitchConfig } from "../../src/network/schema.js";
 import { SwitchStore } from "../../src/network/store.js";
-import { ipxeScript, markerProfile } from "../../src/images/netboot.js";
+import { grubNetCfg, ipxeScript, markerProfile } from "../../src/images/netboot.js";
 import { MacPool, validateVm, type VmConfig } from "../../src/model/index.js";
 
 const ID = "3f2a9c1e-1111-4222-8333-444455556666";
@@ -125,6 +125,9 @@ test("payload: the iPXE script fetches kernel and initrd from its TFTP server; t
   assert.match(s, /^#!ipxe\n/);
   assert.match(s, /kernel tftp:\/\/\$\{next-server\}\/vmlinuz console=ttyS0,115200 quiet vmhost\.netboot=ipxe/);
   assert.match(s, /initrd tftp:\/\/\$\{next-server\}\/initrd\.img/);
+  const g = grubNetCfg("console=ttyS0,115200 quiet");
+  assert.match(g, /^linux \/vmlinuz console=ttyS0,115200 quiet vmhost\.netboot=uefi-secure-boot$/m);
+  assert.match(g, /^initrd \/initrd\.img$/m);
   const p = markerProfile("m1");
   assert.match(p, /^echo "vmhost-netboot: payload m1 running \(via /);
   assert.match(p, /export PATH=/, "the appliance's own profile follows");

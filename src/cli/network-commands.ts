@@ -14,7 +14,7 @@ export const NETWORK_USAGE = `Switches
              [--ipv6-prefix PREFIX/64] [--dhcp on|off] [--boot-dir DIR --boot-file FILE]
   switch list [--json]          switch show NAME [--json]          switch remove NAME
   nic connect VM ADAPTER SWITCH                 ("Default Switch" is built in; no root needed)
-  netboot build DIR [--marker TEXT]             (bootx64.efi, boot.ipxe, vmlinuz, initrd.img from the appliance)`;
+  netboot build DIR [--marker TEXT]             (shimx64.efi + grubx64.efi, bootx64.efi, boot.ipxe from the appliance)`;
 
 function str(v: string | boolean | undefined): string | undefined {
   return typeof v === "string" ? v : undefined;
@@ -123,7 +123,10 @@ export async function netbootCommand(api: ServiceClient, rest: string[]): Promis
   out(!!v["json"], res, () => {
     console.log(`Network-boot payload "${res.marker}" in ${res.dir}:`);
     for (const f of res.files) console.log(`  ${f}`);
-    console.log(`Use it with: vmhost switch new NAME --type internal --dhcp on --boot-dir ${res.dir} --boot-file bootx64.efi (Gen2) or boot.ipxe (Gen1)`);
+    console.log(
+      `Use it with: vmhost switch new NAME --type internal --dhcp on --boot-dir ${res.dir} --boot-file shimx64.efi ` +
+        "(Gen2, Secure Boot on), bootx64.efi (Gen2, Secure Boot off) or boot.ipxe (Gen1)",
+    );
   });
   return 0;
 }

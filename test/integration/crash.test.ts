@@ -49,8 +49,10 @@ test("restart resets the guest: it boots again to the ready line", { timeout: BO
 });
 
 test("a guest that ignores shutdown requests: stop times out and says so; --force turns it off", { timeout: 120_000 }, async () => {
-  // Deaf to both ways stop asks: the agent's Shutdown service and the ACPI power button.
-  await host.run(VM, "killall qemu-ga acpid; echo deaf-$((2+3))", /deaf-5/);
+  // With the Shutdown integration service off, stop presses the ACPI power button, and a guest
+  // without acpid ignores it. (The appliance respawns qemu-ga, so killing it would not do.)
+  await host.ok(["integration", "disable", VM, "Shutdown"]);
+  await host.run(VM, "killall acpid; echo deaf-$((2+3))", /deaf-5/);
   const r = await host.cli(["stop", VM, "--timeout", "3"]);
   assert.notEqual(r.code, 0);
   assert.match(r.stderr, /did not shut down within 3 s/);

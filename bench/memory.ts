@@ -11,15 +11,24 @@ import { median, printTable, ratio } from "./stats.js";
 
 const N = Number(process.argv[2] ?? 20);
 
-async function daemonRssMiB(host: TestHost): Promise<number> {
+interface Sample {
+  rss: number;
+  live: number;
+}
+
+/** Medians of 9 samples of vmhostd's RSS (from /proc) and its live memory after a full GC (from the service). */
+async function daemonMemoryMiB(host: TestHost): Promise<Sample> {
   const pid = Number((await readFile(`${host.home}/run/vmhostd.pid`, "utf8")).trim());
-  const xs: number[] = [];
+  const rss: number[] = [];
+  const live: number[] = [];
   for (let i = 0; i < 9; i++) {
-    await host.ok(["list", "--json"]); // exercise the service between samples
+    const h = await host.json<{ service: { liveKiB: number; collected: boolean } }>(["host"]);
+    if (!h.service.collected) throw new Error("vmhostd was not started with --expose-gc");
+    live.push(h.service.liveKiB / 1024);
     await sleep(500);
-    xs.push(((await processRssKiB(pid)) ?? 0) / 1024);
+    rss.push(((await processRssKiB(pid)) ?? 0) / 1024);
   }
-  return median(xs);
+  return { rss: median(rss), live: median(live) };
 }
 
 async function main(): Promise<void> {
@@ -28,19 +37,24 @@ async function main(): Promise<void> {
     for (let i = 0; i < N; i++) await host.ok(["new", `m${i}`, "--generation", "1", "--appliance", "--memory", "128M"]);
     // Idle is sampled before and after the loaded phase: the difference between the two is
     // the noise of V8's heap, against which the per-VM cost must be read.
-    const idleBefore = await daemonRssMiB(host);
+    const idleBefore = await daemonMemoryMiB(host);
     for (let i = 0; i < N; i++) await host.ok(["start", `m${i}`]);
     await sleep(20_000); // agents connect, heartbeats and console watchers run
-    const loaded = await daemonRssMiB(host);
+    const loaded = await daemonMemoryMiB(host);
     for (let i = 0; i < N; i++) await host.ok(["turn-off", `m${i}`]);
-    const idleAfter = await daemonRssMiB(host);
-    const idle = (idleBefore + idleAfter) / 2;
-    const perVm = (loaded - idle) / N;
-    printTable(`vmhostd resident memory (MiB, median of 9 samples each), ${N} running VMs`, [
-      [`(d) vmhostd with ${N} VMs running`, loaded, "vmhostd with none running (mean of before/after)", idle, ratio(loaded, idle)],
-      ["(d) per running VM (delta / N)", perVm, "target per VM", 10, ratio(perVm, 10)],
-      ["idle noise: before", idleBefore, "after", idleAfter, ratio(idleBefore, idleAfter)],
-    ]);
+    const idleAfter = await daemonMemoryMiB(host);
+    const rows: [string, number, string, number, string][] = [];
+    for (const k of ["live", "rss"] as const) {
+      const idle = (idleBefore[k] + idleAfter[k]) / 2;
+      const perVm = (loaded[k] - idle) / N;
+      const what = k === "live" ? "live memory after GC" : "resident set (RSS)";
+      rows.push(
+        [`(d) ${what}, ${N} VMs running`, loaded[k], "none running (mean of before/after)", idle, ratio(loaded[k], idle)],
+        [`(d) ${what} per running VM`, perVm, "target per VM", 10, ratio(perVm, 10)],
+        [`${what}, idle noise: before`, idleBefore[k], "after", idleAfter[k], ratio(idleBefore[k], idleAfter[k])],
+      );
+    }
+    printTable(`vmhostd's own memory (MiB, medians of 9 samples), ${N} running VMs`, rows);
   } finally {
     await host.cleanup();
   }

@@ -73,7 +73,7 @@ export class ServiceClient {
     mkdirSync(this.layout.home, { recursive: true });
     const logFd = openSync(this.layout.serviceLog, "a");
     try {
-      const child = spawn(process.execPath, [DAEMON], { detached: true, stdio: ["ignore", logFd, logFd], env: process.env });
+      const child = spawn(process.execPath, ["--expose-gc", DAEMON], { detached: true, stdio: ["ignore", logFd, logFd], env: process.env });
       child.unref();
     } finally {
       closeSync(logFd);

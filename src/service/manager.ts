@@ -194,7 +194,7 @@ export class VmManager {
       logicalProcessors: cap.logicalProcessors,
       memoryMiB: cap.memoryMiB,
       paths: { home: this.layout.home, vms: this.layout.vmsDir, run: this.layout.runDir, disks: this.disksDir() },
-      service: { pid: process.pid, rssKiB: Math.round(process.memoryUsage().rss / 1024) },
+      service: serviceMemory(),
     };
   }
 
@@ -635,6 +635,17 @@ export class VmManager {
     const vm = await this.get(name);
     return this.supervisor.journal.read(vm.name);
   }
+}
+
+/**
+ * The service's own memory. With --expose-gc (how vmhostd is started) a full collection runs
+ * first, so `liveKiB` (heap + off-heap buffers) is what is really held, not garbage not yet freed.
+ */
+function serviceMemory(): { pid: number; rssKiB: number; liveKiB: number; collected: boolean } {
+  const gc = (globalThis as { gc?: () => void }).gc;
+  gc?.();
+  const m = process.memoryUsage();
+  return { pid: process.pid, rssKiB: Math.round(m.rss / 1024), liveKiB: Math.round((m.heapUsed + m.external) / 1024), collected: gc !== undefined };
 }
 
 async function mustExist(path: string, what: string): Promise<void> {

@@ -23,6 +23,7 @@ import {
 import { SERVICES, serviceStatus, type ServiceKey, type ServiceSettings, type ServiceStatus } from "./services.js";
 import { TIME_CHECK_INTERVAL_MS, formatDrift, measureDrift, needsCorrection, setGuestTime } from "./timesync.js";
 import { DEFAULT_FREEZE_MS, MAX_FREEZE_MS, canRunWatchdog, freeze, freezeStatus, killWatchdogs, thaw } from "./vss.js";
+import { VmhostError } from "../util/errors.js";
 
 /**
  * One running VM's integration services: the guest agent connection, the heartbeat loop,
@@ -59,13 +60,10 @@ export const DEFAULT_TIMING: SessionTiming = {
   agent: {},
 };
 
-export class IntegrationError extends Error {
-  constructor(
-    readonly code: string,
-    message: string,
-    readonly status = 409,
-  ) {
-    super(message);
+/** A refusal by the integration services (disabled service, no agent, bad state): 409 unless said. */
+export class IntegrationError extends VmhostError {
+  constructor(code: string, message: string, status = 409) {
+    super(code, message, status);
     this.name = "IntegrationError";
   }
 }

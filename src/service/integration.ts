@@ -1,7 +1,7 @@
 import { isAbsolute, join } from "node:path";
 import { CopyFileError, type CopyResult } from "../guest/copyfile.js";
 import { GuestAgentError, GuestAgentUnavailable } from "../guest/agent.js";
-import { GuestSession, IntegrationError, type SessionTiming } from "../guest/session.js";
+import { GuestSession, type SessionTiming } from "../guest/session.js";
 import { KvpError, checkKey, checkValue, type KvpItem, type KvpPoolName } from "../guest/kvp.js";
 import { SERVICES, defaultSettings, findService, serviceStatus, type ServiceSettings, type ServiceStatus } from "../guest/services.js";
 import { IntegrationServices, type VmConfig } from "../model/schema.js";
@@ -24,7 +24,6 @@ export interface IntegrationView {
 
 /** Errors of the guest layer as the API reports them. */
 export function toVmhostError(err: unknown): unknown {
-  if (err instanceof IntegrationError) return new VmhostError(err.code, err.message, err.status);
   if (err instanceof KvpError) return new VmhostError("bad-kvp", err.message, 400);
   if (err instanceof CopyFileError) return new VmhostError(`copy-${err.code}`, err.message, err.code === "verify-failed" ? 500 : 409);
   if (err instanceof GuestAgentUnavailable) return new VmhostError("agent-unavailable", err.message, 503);

@@ -7,14 +7,7 @@ import type { ServiceClient } from "./client.js";
  * A plain JSON answer (an error before the stream began) is turned into a VmhostError.
  */
 export async function streamCall(api: ServiceClient, method: string, path: string, body: unknown, onLine: (obj: Record<string, unknown>) => void): Promise<void> {
-  try {
-    await once(api, method, path, body, onLine);
-  } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    if (code !== "ENOENT" && code !== "ECONNREFUSED") throw err;
-    await api.startService();
-    await once(api, method, path, body, onLine);
-  }
+  await api.withService(() => once(api, method, path, body, onLine));
 }
 
 /** Longest line accepted from the service. */
@@ -24,12 +17,7 @@ function once(api: ServiceClient, method: string, path: string, body: unknown, o
   const payload = body === undefined ? undefined : JSON.stringify(body);
   return new Promise((resolve, reject) => {
     const req = request(
-      {
-        socketPath: api.layout.serviceSocket,
-        method,
-        path,
-        headers: payload ? { "content-type": "application/json", "content-length": Buffer.byteLength(payload) } : {},
-      },
+      api.requestOptions(method, path, payload),
       (res) => {
         res.setEncoding("utf8");
         const streaming = String(res.headers["content-type"] ?? "").startsWith("application/x-ndjson");

@@ -1,5 +1,5 @@
 import { spawn } from "node:child_process";
-import { request } from "node:http";
+import { request, type RequestOptions } from "node:http";
 import { openSync, closeSync, mkdirSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -12,17 +12,34 @@ const DAEMON = join(dirname(fileURLToPath(import.meta.url)), "daemon.js");
 export class ServiceClient {
   readonly layout = homeLayout();
 
+  /** Options of an HTTP request to vmhostd, with its JSON body. */
+  requestOptions(method: string, path: string, payload: string | undefined, timeoutMs = 0): RequestOptions {
+    return {
+      socketPath: this.layout.serviceSocket,
+      method,
+      path,
+      headers: payload ? { "content-type": "application/json", "content-length": Buffer.byteLength(payload) } : {},
+      timeout: timeoutMs,
+    };
+  }
+
+  /** Runs a request; when no service answers on the socket, starts one and runs it once more. */
+  async withService<T>(attempt: () => Promise<T>): Promise<T> {
+    try {
+      return await attempt();
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code !== "ENOENT" && code !== "ECONNREFUSED") throw err;
+      await this.startService();
+      return attempt();
+    }
+  }
+
   private raw(method: string, path: string, body?: unknown, timeoutMs = 0): Promise<{ status: number; data: unknown }> {
     const payload = body === undefined ? undefined : JSON.stringify(body);
     return new Promise((resolve, reject) => {
       const req = request(
-        {
-          socketPath: this.layout.serviceSocket,
-          method,
-          path,
-          headers: payload ? { "content-type": "application/json", "content-length": Buffer.byteLength(payload) } : {},
-          timeout: timeoutMs,
-        },
+        this.requestOptions(method, path, payload, timeoutMs),
         (res) => {
           const chunks: Buffer[] = [];
           res.on("data", (c: Buffer) => chunks.push(c));
@@ -43,15 +60,7 @@ export class ServiceClient {
   }
 
   async call<T = unknown>(method: string, path: string, body?: unknown): Promise<T> {
-    let res: { status: number; data: unknown };
-    try {
-      res = await this.raw(method, path, body);
-    } catch (err) {
-      const code = (err as NodeJS.ErrnoException).code;
-      if (code !== "ENOENT" && code !== "ECONNREFUSED") throw err;
-      await this.startService();
-      res = await this.raw(method, path, body);
-    }
+    const res = await this.withService(() => this.raw(method, path, body));
     if (res.status >= 400) {
       const e = (res.data as { error?: { code?: string; message?: string } } | null)?.error;
       throw new VmhostError(e?.code ?? "error", e?.message ?? `vmhostd answered ${res.status}`, res.status);

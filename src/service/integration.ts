@@ -129,7 +129,7 @@ export class IntegrationManager {
   async list(name: string): Promise<IntegrationView> {
     const vm = await this.m.get(name);
     const s = this.sessions.get(vm.id);
-    const state = this.m.supervisor.stateOf(vm) ?? (await this.m.supervisor.view(vm)).state;
+    const state = await this.m.supervisor.state(vm);
     if (s) return { vm: vm.name, state, services: s.session.statuses() };
     const enabled = integrationOf(vm).enabled;
     return { vm: vm.name, state, services: SERVICES.map((d) => serviceStatus(d, enabled[d.key], { vmState: state, contact: "No Contact", details: {} })) };

@@ -215,7 +215,7 @@ export class VmManager {
       listed.map(async (l): Promise<ListEntry> => {
         if (!l.ok) return { name: l.name, state: "Damaged", error: l.error };
         const vm = l.config;
-        const state = this.supervisor.stateOf(vm) ?? (await this.supervisor.view(vm)).state;
+        const state = await this.supervisor.state(vm);
         const hb = this.integration.heartbeatOf(vm);
         return { name: vm.name, id: vm.id, generation: vm.generation, state, cpus: vm.processorCount, memoryMiB: vm.memoryMiB, ...(hb ? { heartbeat: hb.detail } : {}) };
       }),
@@ -287,12 +287,12 @@ export class VmManager {
   }
 
   private async requireOff(vm: VmConfig, what: string): Promise<void> {
-    const rt = await this.supervisor.view(vm);
-    if (rt.state === "Off") return;
-    if (rt.state === "Saved") {
+    const state = await this.supervisor.state(vm);
+    if (state === "Off") return;
+    if (state === "Saved") {
       throw new VmhostError("invalid-state", `${what} needs VM "${vm.name}" Off, but it is Saved: start it, or discard the saved state with turn-off`, 409);
     }
-    throw new VmhostError("invalid-state", `${what} needs VM "${vm.name}" Off, but it is ${rt.state}`, 409);
+    throw new VmhostError("invalid-state", `${what} needs VM "${vm.name}" Off, but it is ${state}`, 409);
   }
 
   async create(req: CreateVmRequest): Promise<VmView> {
@@ -349,7 +349,7 @@ export class VmManager {
         vm.dvdDrives.push({ ...firstFreeSlot(vm, bootType), path: iso });
       }
       vm.networkAdapters.push(await this.newAdapter(vm, "Synthetic"));
-      validateVm(vm, this.hostCapacity(), await this.store.configs());
+      // commit() validates the finished VM; a refusal there is cleaned up below.
       if (vm.generation === 2) await this.createNvram(vm);
       await this.commit(vm, true);
     } catch (err) {

@@ -202,6 +202,11 @@ export class Supervisor extends EventEmitter {
     return this.running.get(vm.id)?.state;
   }
 
+  /** The state of any VM: a running one's, else Saved when a saved state waits, else Off. */
+  async state(vm: VmConfig): Promise<VmState> {
+    return this.stateOf(vm) ?? ((await pathExists(this.files(vm.name).savedState)) ? "Saved" : "Off");
+  }
+
   private async queryState(r: Running): Promise<VmState> {
     const s = await r.qmp.execute<{ status: string }>("query-status");
     switch (s.status) {

@@ -1,5 +1,5 @@
 import { spawn } from "node:child_process";
-import { mkdtemp, readFile, rm } from "node:fs/promises";
+import { chown, mkdtemp, readFile, rm } from "node:fs/promises";
 import { createConnection } from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
@@ -25,22 +25,30 @@ export class TestHost {
     readonly env: NodeJS.ProcessEnv,
     /** A network namespace the test made: the CLI, and so vmhostd and its QEMUs, run inside it. */
     readonly netns?: string,
+    /** Run the CLI (and so the service) as this unprivileged uid/gid; needs netns. */
+    readonly user?: number,
   ) {}
 
-  static async create(opts: { accel?: "tcg" | "probe"; netns?: string } = {}): Promise<TestHost> {
+  static async create(opts: { accel?: "tcg" | "probe"; netns?: string; user?: number } = {}): Promise<TestHost> {
+    if (opts.user !== undefined && !opts.netns) throw new Error("TestHost: a user goes with a netns (nsenter switches both)");
     const home = await mkdtemp(join(tmpdir(), "vmhost-test-"));
     const env: NodeJS.ProcessEnv = { ...process.env, VMHOST_HOME: home, VMHOST_IDLE_EXIT_MS: "600000" };
     // The accelerator probe has its own tests; boot tests skip re-probing in every fresh home.
     if (opts.accel !== "probe") env["VMHOST_ACCEL"] = "tcg";
     else delete env["VMHOST_ACCEL"];
-    return new TestHost(home, env, opts.netns);
+    if (opts.user !== undefined) {
+      await chown(home, opts.user, opts.user);
+      env["HOME"] = home;
+    }
+    return new TestHost(home, env, opts.netns, opts.user);
   }
 
   cli(args: string[], timeoutMs = 240_000): Promise<CliResult> {
     return new Promise((resolvePromise, reject) => {
       // nsenter (not "ip netns exec"): the network namespace only, the host's mounts stay shared.
+      const asUser = this.user === undefined ? [] : [`--setuid=${this.user}`, `--setgid=${this.user}`];
       const [cmd, argv] = this.netns
-        ? ["nsenter", [`--net=/run/netns/${this.netns}`, process.execPath, VMHOST, ...args]]
+        ? ["nsenter", [`--net=/run/netns/${this.netns}`, ...asUser, process.execPath, VMHOST, ...args]]
         : [process.execPath, [VMHOST, ...args]];
       const child = spawn(cmd, argv, { env: this.env, stdio: ["ignore", "pipe", "pipe"] });
       let stdout = "";

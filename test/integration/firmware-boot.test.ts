@@ -4,6 +4,7 @@ import { join } from "node:path";
 import { buildNetbootPayload } from "../../src/images/netboot.js";
 import type { FirmwareSetResult, FirmwareView } from "../../src/service/firmware.js";
 import { BOOT_TIMEOUT_MS, READY, TestHost, sleep } from "../helpers/harness.js";
+import { stripTerminalControls } from "../../src/supervisor/console-log.js";
 
 /**
  * Gen2 boot order on real OVMF, one appliance VM taken through four boots (steps run in order):
@@ -24,8 +25,7 @@ const STEP_TIMEOUT = BOOT_TIMEOUT_MS + 120_000;
 
 /** Console text without terminal control sequences (OVMF sends some). */
 async function consoleFrom(name: string, from: number): Promise<string> {
-  // eslint-disable-next-line no-control-regex
-  return (await host.consoleText(name)).slice(from).replace(/\x1b\[[0-9;=?]*[A-Za-z]/g, "").replace(/\r/g, "");
+  return stripTerminalControls((await host.consoleText(name)).slice(from)).replace(/\r/g, "");
 }
 
 async function waitFor(name: string, pattern: RegExp, from: number, timeoutMs: number): Promise<string> {

@@ -1,10 +1,10 @@
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
-import { chown, mkdir, mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { VMHOST, sleep, type CliResult } from "../helpers/harness.js";
+import { TestHost, sleep } from "../helpers/harness.js";
+import { stripTerminalControls } from "../../src/supervisor/console-log.js";
 import { TestNetns } from "../helpers/netns.js";
 import { buildNetbootPayload } from "../../src/images/netboot.js";
 
@@ -14,74 +14,43 @@ import { buildNetbootPayload } from "../../src/images/netboot.js";
  */
 const NOBODY = 65534;
 let ns: TestNetns;
-let home: string;
+let host: TestHost;
 let bootDir: string;
-
-function cli(args: string[], timeoutMs = 120_000): Promise<CliResult> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(
-      "nsenter",
-      [`--net=/run/netns/${ns.name}`, `--setuid=${NOBODY}`, `--setgid=${NOBODY}`, process.execPath, VMHOST, ...args],
-      { env: { ...process.env, VMHOST_HOME: home, VMHOST_ACCEL: "tcg", VMHOST_IDLE_EXIT_MS: "600000", HOME: home }, stdio: ["ignore", "pipe", "pipe"] },
-    );
-    let stdout = "";
-    let stderr = "";
-    child.stdout.on("data", (d: Buffer) => (stdout += d.toString()));
-    child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
-    const timer = setTimeout(() => {
-      child.kill("SIGKILL");
-      reject(new Error(`vmhost ${args.join(" ")} did not finish`));
-    }, timeoutMs);
-    child.on("exit", (code) => {
-      clearTimeout(timer);
-      resolve({ code: code ?? 1, stdout, stderr });
-    });
-  });
-}
-
-async function ok(args: string[]): Promise<string> {
-  const r = await cli(args);
-  if (r.code !== 0) throw new Error(`vmhost ${args.join(" ")} failed (${r.code}): ${r.stderr}`);
-  return r.stdout;
-}
 
 before(async () => {
   ns = await TestNetns.create("user");
-  home = await mkdtemp(join(tmpdir(), "vmh-nobody-"));
-  await chown(home, NOBODY, NOBODY);
+  host = await TestHost.create({ netns: ns.name, user: NOBODY });
   // Made as root beforehand (it reads the appliance cache); world-readable, as TFTP wants it.
   bootDir = await mkdtemp(join(tmpdir(), "vmh-nobody-boot-"));
   await buildNetbootPayload(bootDir, { marker: "nobody" });
 });
 
 after(async () => {
-  await cli(["turn-off", "web"], 30_000).catch(() => undefined);
-  await cli(["service", "stop"], 30_000).catch(() => undefined);
+  await host.cleanup();
   await ns.cleanup();
-  await rm(home, { recursive: true, force: true });
   await rm(bootDir, { recursive: true, force: true });
 });
 
 test("without root, switch commands that need it say so and change nothing; the Default Switch is listed", { timeout: 60_000 }, async () => {
-  const list = JSON.parse(await ok(["switch", "list", "--json"])) as { name: string; type: string }[];
+  const list = JSON.parse(await host.ok(["switch", "list", "--json"])) as { name: string; type: string }[];
   assert.deepEqual(list.map((s) => s.name), ["Default Switch"]);
   for (const type of ["internal", "private", "nat"]) {
-    const r = await cli(["switch", "new", "lab", "--type", type, "--dhcp", "on"]);
+    const r = await host.cli(["switch", "new", "lab", "--type", type, "--dhcp", "on"]);
     assert.equal(r.code, 1);
     assert.match(r.stderr, /creating switch "lab" .* needs root: vmhost creates Linux bridges, taps and firewall rules for it, which takes CAP_NET_ADMIN/);
     assert.match(r.stderr, /use the "Default Switch" \(user-mode networking\), which needs no privileges/);
   }
-  await assert.rejects(stat(join(home, "switches", "lab.json")), "nothing was written");
+  await assert.rejects(stat(join(host.home, "switches", "lab.json")), "nothing was written");
   const pids = await ns.pids();
   for (const pid of pids) assert.notEqual((await readFile(`/proc/${pid}/comm`, "utf8").catch(() => "")).trim(), "dnsmasq");
 });
 
 test("without root, a VM on the Default Switch gets its address from user-mode networking and network-boots over it", { timeout: 240_000 }, async () => {
-  await ok(["new", "web", "--generation", "2", "--memory", "512M"]);
+  await host.ok(["new", "web", "--generation", "2", "--memory", "512M"]);
   // The Default Switch's own TFTP (QEMU's slirp): no bridge, no dnsmasq, no root.
-  await ok(["firmware", "set", "web", "--network-boot-dir", bootDir, "--network-boot-file", "bootx64.efi"]);
-  await ok(["start", "web"]);
-  const show = JSON.parse(await ok(["show", "web", "--json"])) as { state: string; pid: number; nics: { switchName: string }[] };
+  await host.ok(["firmware", "set", "web", "--network-boot-dir", bootDir, "--network-boot-file", "bootx64.efi"]);
+  await host.ok(["start", "web"]);
+  const show = JSON.parse(await host.ok(["show", "web", "--json"])) as { state: string; pid: number; nics: { switchName: string }[] };
   assert.equal(show.state, "Running");
   assert.equal(show.nics[0]!.switchName, "Default Switch");
   const status = await readFile(`/proc/${show.pid}/status`, "utf8");
@@ -90,27 +59,27 @@ test("without root, a VM on the Default Switch gets its address from user-mode n
   const deadline = Date.now() + 200_000;
   let text = "";
   while (Date.now() < deadline && !/vmhost-netboot: payload nobody running \(via uefi\)/.test(text)) {
-    text = (await readFile(join(home, "vms", "web", "console.log"), "utf8").catch(() => "")).replace(/\x1b\[[0-9;=?]*[A-Za-z]/g, "");
+    text = stripTerminalControls(await host.consoleText("web"));
     await sleep(500);
   }
   assert.match(text, /Station IP address is 10\.0\.2\.15/);
   assert.match(text, /vmhost-netboot: payload nobody running \(via uefi\)/);
-  await ok(["turn-off", "web"]);
+  await host.ok(["turn-off", "web"]);
 });
 
 test("without root, starting a VM whose adapter is on a bridged switch fails with a clear error", { timeout: 60_000 }, async () => {
   // A switch an administrator defined (as root would have written it).
-  await mkdir(join(home, "switches"), { recursive: true });
+  await mkdir(join(host.home, "switches"), { recursive: true });
   await writeFile(
-    join(home, "switches", "corp.json"),
+    join(host.home, "switches", "corp.json"),
     JSON.stringify({ formatVersion: 1, name: "corp", id: "0b6c2f4e-5d7a-4e1b-9c3d-2a1f0e9d8c7b", type: "Internal", subnet: "10.91.0.0/24", dhcp: false, createdAt: new Date().toISOString() }),
   );
-  await cli(["turn-off", "web"]);
-  await ok(["nic", "connect", "web", "Network Adapter", "corp"]);
-  const r = await cli(["start", "web"]);
+  await host.cli(["turn-off", "web"]);
+  await host.ok(["nic", "connect", "web", "Network Adapter", "corp"]);
+  const r = await host.cli(["start", "web"]);
   assert.equal(r.code, 1);
   assert.match(r.stderr, /starting VM "web", whose adapter "Network Adapter" is on switch "corp" \(Internal\), needs root/);
-  assert.equal(JSON.parse(await ok(["show", "web", "--json"])).state, "Off");
-  const rm1 = await cli(["switch", "remove", "corp"]);
+  assert.equal(JSON.parse(await host.ok(["show", "web", "--json"])).state, "Off");
+  const rm1 = await host.cli(["switch", "remove", "corp"]);
   assert.match(rm1.stderr, /removing switch "corp" needs root/);
 });

@@ -73,10 +73,11 @@ async function waitAddr(vm: string, dev: string, prefix: string): Promise<string
   const text = await host.run(
     vm,
     `for i in $(seq 60); do ip -4 -o addr show dev ${dev} | grep -q 'inet ${prefix}' && break; sleep 1; done; echo ADDR-${dev}=$(ip -4 -o addr show dev ${dev} | sed -n 's/.*inet \\([0-9.]*\\).*/\\1/p')`,
-    new RegExp(`ADDR-${dev}=${prefix.replaceAll(".", "\\.")}[0-9.]+`),
+    // Up to the end of the line: the console log may be read while the address is half printed.
+    new RegExp(`ADDR-${dev}=${prefix.replaceAll(".", "\\.")}[0-9.]+\\r?\\n`),
     90_000,
   );
-  return new RegExp(`ADDR-${dev}=(${prefix.replaceAll(".", "\\.")}[0-9.]+)`).exec(text)![1]!;
+  return new RegExp(`ADDR-${dev}=(${prefix.replaceAll(".", "\\.")}[0-9.]+)\\r?\\n`).exec(text)![1]!;
 }
 
 test("switches of every type are created; each shows its bridge, dnsmasq and firewall", { timeout: 120_000 }, async () => {

@@ -14,12 +14,13 @@ import { median, ratio, printTable } from "./stats.js";
 const RUNS = Number(process.argv[2] ?? 5);
 
 async function consoleSize(host: TestHost, vm: string): Promise<number> {
-  return stat(host.consoleFile(vm)).then((s) => s.size, () => 0);
+  return stat(await host.consoleFile(vm)).then((s) => s.size, () => 0);
 }
 
 async function waitReady(host: TestHost, vm: string, from: number, t0: number): Promise<number> {
+  const file = await host.consoleFile(vm);
   for (;;) {
-    const text = (await readFile(host.consoleFile(vm)).catch(() => Buffer.alloc(0))).subarray(from).toString("utf8");
+    const text = (await readFile(file).catch(() => Buffer.alloc(0))).subarray(from).toString("utf8");
     if (text.includes(READY)) return (performance.now() - t0) / 1000;
     if (performance.now() - t0 > 180_000) throw new Error(`${vm} not ready in 180 s`);
     await sleep(20);

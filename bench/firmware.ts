@@ -23,7 +23,7 @@ function inProcess(): { parseRender: number; parseOnly: number; entries: number;
   // A busy store: OVMF's own entries plus 36 user entries, with the UEFI CA template's keys.
   const vm = sampleVm({
     hardDisks: [{ controllerType: "SCSI", controllerNumber: 0, controllerLocation: 0, path: "/x.qcow2", format: "qcow2" }],
-    networkAdapters: [{ name: "Network Adapter", type: "Synthetic", macAddress: "00:15:5D:00:00:01", dynamicMac: false, switchName: "Default Switch" }],
+    networkAdapters: [{ name: "Network Adapter", type: "Synthetic", macAddress: "00:15:5D:00:00:01", dynamicMac: false, switchName: "Default Switch", pciSlot: 8 }],
   });
   const store = parseVarStore(fixture("ovmf4m-custom.fd"));
   applySecureBootTemplate(store, parseVarStore(fixture("pristine-OVMF_VARS.ms.fd")), "MicrosoftUEFICertificateAuthority", true);

@@ -18,7 +18,7 @@ interface Sample {
 
 /** Medians of 9 samples of vmhostd's RSS (from /proc) and its live memory after a full GC (from the service). */
 async function daemonMemoryMiB(host: TestHost): Promise<Sample> {
-  const pid = Number((await readFile(`${host.home}/run/vmhostd.pid`, "utf8")).trim());
+  const pid = await host.servicePid();
   const rss: number[] = [];
   const live: number[] = [];
   for (let i = 0; i < 9; i++) {

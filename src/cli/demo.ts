@@ -1,6 +1,6 @@
 import { readFile } from "node:fs/promises";
 import type { ServiceClient } from "../service/client.js";
-import type { VmView } from "../service/manager.js";
+import type { VmView } from "../service/vms.js";
 import { VmhostError } from "../util/errors.js";
 import { stripTerminalControls } from "../supervisor/console-log.js";
 

@@ -1,4 +1,4 @@
-import type { VmView } from "../service/manager.js";
+import type { VmView } from "../service/vms.js";
 
 export function printTable(header: string[], rows: string[][]): void {
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? "").length)));

@@ -1,5 +1,5 @@
 import { ServiceClient } from "../service/client.js";
-import type { ListEntry, VmView } from "../service/manager.js";
+import type { ListEntry, VmView } from "../service/vms.js";
 import { VmhostError } from "../util/errors.js";
 import { parseSize } from "../util/size.js";
 import { args, enc, int, need, out } from "./args.js";

@@ -2,7 +2,7 @@ import { resolve } from "node:path";
 import type { NetbootPayload } from "../images/netboot.js";
 import type { SwitchView } from "../network/manager.js";
 import type { ServiceClient } from "../service/client.js";
-import type { VmView } from "../service/manager.js";
+import type { VmView } from "../service/vms.js";
 import { VmhostError } from "../util/errors.js";
 import { args, enc, need, out } from "./args.js";
 import { printTable } from "./format.js";

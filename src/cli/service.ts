@@ -7,7 +7,7 @@ export async function serviceCommand(api: ServiceClient, rest: string[]): Promis
   const sub = rest[0];
   const running = await api.isServiceRunning();
   if (sub === "status") {
-    const pid = (await readFile(api.layout.servicePidFile, "utf8").catch(() => "")).trim();
+    const pid = (await readFile(api.layout.serviceLock, "utf8").catch(() => "")).trim();
     console.log(running ? `vmhostd is running (pid ${pid}) on ${api.layout.serviceSocket}` : "vmhostd is not running");
     return running ? 0 : 3;
   }
@@ -21,7 +21,7 @@ export async function serviceCommand(api: ServiceClient, rest: string[]): Promis
       console.log("vmhostd is not running");
       return 0;
     }
-    const pid = Number((await readFile(api.layout.servicePidFile, "utf8")).trim());
+    const pid = Number((await readFile(api.layout.serviceLock, "utf8")).trim());
     process.kill(pid, "SIGTERM");
     for (let i = 0; i < 200 && (await api.isServiceRunning()); i++) await new Promise((r) => setTimeout(r, 25));
     console.log("vmhostd stopped (running VMs keep running)");

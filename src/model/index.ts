@@ -4,3 +4,5 @@ export * from "./rules.js";
 export * from "./limits.js";
 export * from "./store.js";
 export * from "./macpool.js";
+export * from "./devices.js";
+export * from "./upgrade.js";

@@ -1,7 +1,8 @@
 import { resolve } from "node:path";
 import { VmhostError } from "../util/errors.js";
 import { LIMITS } from "./limits.js";
-import { validateName } from "./names.js";
+import { nameKey, validateVmName } from "./names.js";
+import { ADAPTER_PCI_SLOTS } from "./limits.js";
 import type { ControllerType, VmConfig } from "./schema.js";
 
 /** What the rules need to know about the host; passed in so the model stays free of probing. */
@@ -59,7 +60,14 @@ export function checkSlot(generation: 1 | 2, d: Located, what: string): void {
  * for the rule that one disk image belongs to one VM.
  */
 export function validateVm(vm: VmConfig, host: HostCapacity, others: readonly VmConfig[] = []): void {
-  validateName(vm.name);
+  validateVmName(vm.name);
+  const key = nameKey(vm.name);
+  for (const other of others) {
+    if (other.id === vm.id) continue;
+    if (nameKey(other.name) === key) {
+      throw new RuleError("vm-name-in-use", `a VM named "${other.name}" already exists (names are unique ignoring case)`);
+    }
+  }
   if (vm.processorCount > host.logicalProcessors) {
     throw new RuleError(
       "processor-count",
@@ -111,12 +119,7 @@ export function validateVm(vm: VmConfig, host: HostCapacity, others: readonly Vm
 
   const legacy = vm.networkAdapters.filter((n) => n.type === "Legacy").length;
   const synthetic = vm.networkAdapters.length - legacy;
-  if (legacy > 0 && vm.generation === 2) {
-    throw new RuleError(
-      "generation-2-no-legacy-adapter",
-      "Generation 2 virtual machines have no legacy network adapter: use a synthetic adapter (it can network-boot over IPv4 and IPv6)",
-    );
-  }
+  if (legacy > 0) refuseLegacyAdapter(vm.generation);
   if (legacy > LIMITS.legacyAdapters) {
     throw new RuleError("legacy-adapter-limit", `at most ${LIMITS.legacyAdapters} legacy network adapters per VM`);
   }
@@ -125,9 +128,15 @@ export function validateVm(vm: VmConfig, host: HostCapacity, others: readonly Vm
   }
   const nicNames = new Set<string>();
   const macs = new Set<string>();
+  const slots = new Set<number>();
   for (const n of vm.networkAdapters) {
-    if (nicNames.has(n.name)) throw new RuleError("adapter-name-in-use", `network adapter name "${n.name}" is used twice`);
-    nicNames.add(n.name);
+    if (nicNames.has(n.name.toLowerCase())) throw new RuleError("adapter-name-in-use", `network adapter name "${n.name}" is used twice`);
+    nicNames.add(n.name.toLowerCase());
+    if (n.pciSlot < ADAPTER_PCI_SLOTS.first || n.pciSlot > ADAPTER_PCI_SLOTS.last) {
+      throw new RuleError("adapter-slot", `adapter "${n.name}" is at PCI slot ${n.pciSlot}; adapters take slots ${ADAPTER_PCI_SLOTS.first}-${ADAPTER_PCI_SLOTS.last}`);
+    }
+    if (slots.has(n.pciSlot)) throw new RuleError("adapter-slot", `PCI slot ${n.pciSlot} holds two network adapters`);
+    slots.add(n.pciSlot);
     if (macs.has(n.macAddress)) throw new RuleError("mac-in-use", `MAC address ${n.macAddress} is used twice`);
     macs.add(n.macAddress);
   }
@@ -153,16 +162,59 @@ export function refuseFloppy(generation: 1 | 2): void {
   }
 }
 
-/** First free location on the given controller type, trying controllers in order. */
-export function firstFreeSlot(vm: VmConfig, type: ControllerType): Located {
-  const taken = new Set([...vm.hardDisks, ...vm.dvdDrives].map(slotName));
-  const controllers = type === "IDE" ? LIMITS.ideControllers : LIMITS.scsiControllers;
-  const locations = type === "IDE" ? LIMITS.ideLocations : LIMITS.scsiLocations;
-  for (let c = 0; c < controllers; c++) {
-    for (let l = 0; l < locations; l++) {
-      const slot = { controllerType: type, controllerNumber: c, controllerLocation: l };
-      if (!taken.has(slotName(slot))) return slot;
+/** Firmware settings that exist only on one generation, as Set-VMFirmware / Set-VMBios know them. */
+export const GEN2_FIRMWARE_SETTINGS = [
+  "firstBootDevice",
+  "bootOrder",
+  "preferredNetworkBootProtocol",
+  "pauseAfterBootFailure",
+  "secureBoot",
+  "secureBootTemplate",
+  "networkBootPayload",
+] as const;
+
+/**
+ * Refuses firmware settings the VM's generation does not have: Gen1 has a BIOS with a startup
+ * order (Set-VMBios); Gen2 has UEFI with boot entries (Set-VMFirmware). `given` names the
+ * settings asked for.
+ */
+export function checkFirmwareSettings(generation: 1 | 2, given: readonly string[]): void {
+  if (generation === 1) {
+    const bad = given.filter((k) => (GEN2_FIRMWARE_SETTINGS as readonly string[]).includes(k));
+    if (bad.length) {
+      throw new RuleError("generation-1-bios", `${bad.join(", ")}: generation 1 VMs have a BIOS, not UEFI; they have a startup order (--startup-order)`);
     }
+  } else if (given.includes("startupOrder")) {
+    throw new RuleError("generation-2-uefi", "--startup-order is the generation 1 BIOS startup order; generation 2 VMs use --boot-order or --first-boot-device");
   }
-  throw new RuleError(type === "IDE" ? "ide-limit" : "scsi-limit", `no free ${type} location left on this VM`);
+}
+
+/** Hyper-V's BIOS startup order names each device class once: CD, IDE, LegacyNetworkAdapter, Floppy. */
+export function checkStartupOrder(order: readonly string[]): void {
+  if (new Set(order).size !== order.length || order.length !== 4) {
+    throw new RuleError("startup-order", "--startup-order lists CD, IDE, LegacyNetworkAdapter and Floppy, each once");
+  }
+}
+
+/** Hyper-V's limit of checkpoints per VM ("Plan for Hyper-V scalability in Windows Server"). */
+export const MAX_CHECKPOINTS = 50;
+
+/** Refuses a checkpoint beyond Hyper-V's limit, or when the VM's checkpoint type is Disabled. */
+export function checkNewCheckpoint(vm: VmConfig, existing: number): void {
+  if (vm.checkpointType === "Disabled") {
+    throw new RuleError("checkpoints-disabled", `checkpoints are disabled for VM "${vm.name}" (its checkpoint type is Disabled): set --checkpoint-type Production or Standard first`);
+  }
+  if (existing >= MAX_CHECKPOINTS) {
+    throw new RuleError("checkpoint-limit", `VM "${vm.name}" has ${existing} checkpoints; Hyper-V allows at most ${MAX_CHECKPOINTS}: remove one first`);
+  }
+}
+
+/** Gen2 has no legacy adapter (Hyper-V); the rule, for requests checked before a configuration exists. */
+export function refuseLegacyAdapter(generation: 1 | 2): void {
+  if (generation === 2) {
+    throw new RuleError(
+      "generation-2-no-legacy-adapter",
+      "Generation 2 virtual machines have no legacy network adapter: use a synthetic adapter (it can network-boot over IPv4 and IPv6)",
+    );
+  }
 }

@@ -14,7 +14,8 @@ const Slot = {
   controllerLocation: z.number().int().min(0),
 };
 
-export const DiskFormat = z.enum(["vhdx", "qcow2", "raw"]);
+/** Image formats vmhost attaches, always named explicitly (never probed): VHDX, VHD (QEMU's "vpc", fixed or dynamic), qcow2, raw. */
+export const DiskFormat = z.enum(["vhdx", "vhd", "qcow2", "raw"]);
 export type DiskFormat = z.infer<typeof DiskFormat>;
 
 export const HardDisk = z
@@ -45,6 +46,12 @@ export const NetworkAdapter = z
     macAddress: MacAddress,
     dynamicMac: z.boolean(),
     switchName: z.string().min(1),
+    /**
+     * The adapter's PCI slot, given once when it is added and kept until it is removed, so the
+     * guest's interface names and the firmware's device paths stay put when other adapters come
+     * and go (as on Hyper-V). See engine/qemu/layout.ts for the slot ranges.
+     */
+    pciSlot: z.number().int().min(0).max(31),
   })
   .strict();
 export type NetworkAdapter = z.infer<typeof NetworkAdapter>;
@@ -97,9 +104,17 @@ export const IntegrationServices = z
   .strict();
 export type IntegrationServices = z.infer<typeof IntegrationServices>;
 
+/** Hyper-V's checkpoint types (Set-VM -CheckpointType); Production is the default, as on Hyper-V. */
+export const CheckpointType = z.enum(["Disabled", "Production", "ProductionOnly", "Standard"]);
+export type CheckpointType = z.infer<typeof CheckpointType>;
+
+/** The configuration format this vmhost writes; older ones are upgraded on read (model/upgrade.ts). */
+export const CONFIG_FORMAT_VERSION = 2;
+
 export const VmConfig = z
   .object({
-    formatVersion: z.literal(1),
+    formatVersion: z.literal(CONFIG_FORMAT_VERSION),
+    /** Hyper-V's VM name rules (names.ts); unique ignoring case (rules.ts). */
     name: z.string(),
     id: z.string().uuid(),
     generation: Generation,
@@ -116,6 +131,9 @@ export const VmConfig = z
     /** Set when the VM was made from the built-in appliance: which build its disk sits on. */
     appliance: z.object({ id: z.string(), kernel: z.string() }).strict().optional(),
     integrationServices: IntegrationServices.optional(),
+    checkpointType: CheckpointType.default("Production"),
+    /** A graphical console (QEMU VNC on a unix socket, proxied by vmhostd); off by default. */
+    display: z.boolean().default(false),
   })
   .strict();
 export type VmConfig = z.infer<typeof VmConfig>;

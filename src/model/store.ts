@@ -1,10 +1,11 @@
-import { mkdir, readdir, readFile, rm } from "node:fs/promises";
-import { join } from "node:path";
-import { writeFileAtomic } from "../util/atomic.js";
+import { readdir, readFile, stat } from "node:fs/promises";
+import { VmHome } from "../home/vm-home.js";
 import { VmhostError, notFound } from "../util/errors.js";
-import { validateName } from "./names.js";
+import { isVmId, nameKey } from "./names.js";
 import { VmConfig } from "./schema.js";
+import { upgradeConfig } from "./upgrade.js";
 
+/** A configuration file that cannot be used; it is named and left exactly as it is. */
 export class DamagedConfigError extends VmhostError {
   constructor(
     readonly file: string,
@@ -14,102 +15,151 @@ export class DamagedConfigError extends VmhostError {
   }
 }
 
-export type ListedVm = { ok: true; config: VmConfig } | { ok: false; name: string; file: string; error: string };
+export type ListedVm = { ok: true; config: VmConfig; home: VmHome } | { ok: false; id: string; file: string; error: string; home: VmHome };
+
+interface CacheEntry {
+  mtimeMs: number;
+  size: number;
+  ino: number;
+  config: VmConfig;
+}
 
 /**
- * One human-readable JSON file per VM at vms/NAME/vm.json, written atomically.
- * A file that does not parse or validate is reported by name and never replaced.
+ * The VMs of a home: one folder per VM named by its id, `vms/<id>/vm.json` (home/vm-home.ts).
+ * A VM is found by id or by name (names are unique ignoring case). A file that does not parse
+ * or validate, or whose id disagrees with its folder (a folder copied by hand), is reported by
+ * name and never replaced. Writing goes through a change transaction (service/changes.ts):
+ * the store only reads, and serialises.
+ *
+ * Parsed configurations are cached by (inode, size, mtime), so listing 500 VMs costs a stat
+ * per VM, not a parse.
  */
 export class ConfigStore {
-  constructor(readonly vmsDir: string) {}
+  private readonly cache = new Map<string, CacheEntry>();
 
-  vmDir(name: string): string {
-    return join(this.vmsDir, validateName(name));
+  constructor(
+    readonly vmsDir: string,
+    readonly runRoot: string,
+    readonly disksDir: string,
+  ) {}
+
+  /** Every path of the VM with this id. */
+  home(id: string): VmHome {
+    if (!isVmId(id)) throw new VmhostError("invalid-id", `${JSON.stringify(id)} is not a VM id (a GUID)`);
+    return new VmHome(this.vmsDir, this.runRoot, this.disksDir, id);
   }
 
-  configPath(name: string): string {
-    return join(this.vmDir(name), "vm.json");
-  }
-
-  async exists(name: string): Promise<boolean> {
+  /** Folders that hold a VM (named like a GUID); anything else in vms/ is not a VM. */
+  async ids(): Promise<string[]> {
     try {
-      await readFile(this.configPath(name));
-      return true;
-    } catch {
-      return false;
-    }
-  }
-
-  async get(name: string): Promise<VmConfig> {
-    const file = this.configPath(name);
-    let text: string;
-    try {
-      text = await readFile(file, "utf8");
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === "ENOENT") throw notFound(`VM "${name}"`);
-      throw err;
-    }
-    return parseConfig(file, text);
-  }
-
-  async list(): Promise<ListedVm[]> {
-    let names: string[];
-    try {
-      names = (await readdir(this.vmsDir, { withFileTypes: true })).filter((d) => d.isDirectory()).map((d) => d.name);
+      return (await readdir(this.vmsDir, { withFileTypes: true }))
+        .filter((d) => d.isDirectory() && isVmId(d.name))
+        .map((d) => d.name)
+        .sort();
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === "ENOENT") return [];
       throw err;
     }
-    names.sort();
+  }
+
+  /** The configuration in the VM's folder; undefined when the folder holds none (half made, being removed). */
+  private async load(id: string): Promise<VmConfig | undefined> {
+    const home = this.home(id);
+    let st;
+    try {
+      st = await stat(home.config);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === "ENOENT") {
+        this.cache.delete(id);
+        return undefined;
+      }
+      throw new DamagedConfigError(home.config, (err as Error).message);
+    }
+    if (!st.isFile()) throw new DamagedConfigError(home.config, "it is not a regular file");
+    const hit = this.cache.get(id);
+    if (hit && hit.mtimeMs === st.mtimeMs && hit.size === st.size && hit.ino === st.ino) return structuredClone(hit.config);
+    let text: string;
+    try {
+      text = await readFile(home.config, "utf8");
+    } catch (err) {
+      throw new DamagedConfigError(home.config, (err as Error).message);
+    }
+    const config = parseConfig(home.config, text);
+    if (config.id !== id) throw new DamagedConfigError(home.config, `its id ${config.id} is not the id of its folder (${id}); was the folder copied by hand? Import a VM with "vmhost import" instead`);
+    this.cache.set(id, { mtimeMs: st.mtimeMs, size: st.size, ino: st.ino, config: structuredClone(config) });
+    return config;
+  }
+
+  async list(): Promise<ListedVm[]> {
     const out = await Promise.all(
-      names.map(async (name): Promise<ListedVm | undefined> => {
-        const file = join(this.vmsDir, name, "vm.json");
-        let text: string;
+      (await this.ids()).map(async (id): Promise<ListedVm | undefined> => {
+        const home = this.home(id);
         try {
-          text = await readFile(file, "utf8");
-        } catch {
-          return undefined; // a directory without a config (e.g. half-removed) is not a VM
-        }
-        try {
-          return { ok: true, config: parseConfig(file, text) };
+          const config = await this.load(id);
+          return config ? { ok: true, config, home } : undefined;
         } catch (err) {
-          return { ok: false, name, file, error: (err as Error).message };
+          return { ok: false, id, file: home.config, error: (err as Error).message, home };
         }
       }),
     );
-    return out.filter((x): x is ListedVm => x !== undefined);
+    const listed = out.filter((x): x is ListedVm => x !== undefined);
+    // Two folders claiming one name (made by hand): both are reported, neither is guessed at.
+    const byName = new Map<string, number>();
+    for (const l of listed) if (l.ok) byName.set(nameKey(l.config.name), (byName.get(nameKey(l.config.name)) ?? 0) + 1);
+    return listed.map((l) =>
+      l.ok && (byName.get(nameKey(l.config.name)) ?? 0) > 1
+        ? { ok: false, id: l.config.id, file: l.home.config, error: `configuration file ${l.home.config} is damaged: another VM folder uses the name "${l.config.name}" too`, home: l.home }
+        : l,
+    );
   }
 
   async configs(): Promise<VmConfig[]> {
     return (await this.list()).flatMap((l) => (l.ok ? [l.config] : []));
   }
 
-  /** Creates the VM's directory; refuses when a VM of that name exists. */
-  async create(config: VmConfig): Promise<void> {
-    const dir = this.vmDir(config.name);
-    await mkdir(this.vmsDir, { recursive: true });
-    try {
-      await mkdir(dir);
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === "EEXIST") {
-        if (await this.exists(config.name)) {
-          throw new VmhostError("exists", `a VM named "${config.name}" already exists`, 409);
-        }
-      } else throw err;
+  /** The VM with this id; not-found or damaged errors name it. */
+  async get(id: string): Promise<VmConfig> {
+    const config = await this.load(id);
+    if (!config) throw notFound(`VM ${id}`);
+    return config;
+  }
+
+  /**
+   * The VM a user means: its id, or its name ignoring case. A damaged configuration that
+   * might be the one meant is reported rather than skipped.
+   */
+  async resolve(ref: string): Promise<VmConfig> {
+    if (isVmId(ref.toLowerCase())) {
+      const cfg = await this.load(ref.toLowerCase());
+      if (cfg) return cfg;
     }
-    await this.save(config);
+    const key = nameKey(ref);
+    const listed = await this.list();
+    const hit = listed.find((l) => l.ok && nameKey(l.config.name) === key);
+    if (hit && hit.ok) return hit.config;
+    const damaged = listed.filter((l) => !l.ok);
+    if (damaged.length) {
+      throw new VmhostError(
+        "not-found",
+        `VM "${ref}" not found; ${damaged.length === 1 ? "one VM configuration is" : `${damaged.length} VM configurations are`} damaged and may be it: ${damaged.map((d) => (d.ok ? "" : d.error)).join("; ")}`,
+        404,
+      );
+    }
+    throw notFound(`VM "${ref}"`);
   }
 
-  async save(config: VmConfig): Promise<void> {
-    const checked = VmConfig.parse(config);
-    await writeFileAtomic(this.configPath(checked.name), JSON.stringify(checked, null, 2) + "\n", 0o600);
-  }
-
-  async removeDir(name: string): Promise<void> {
-    await rm(this.vmDir(name), { recursive: true, force: true });
+  /** Forget the cached parse of a VM (after its files changed outside a transaction). */
+  invalidate(id: string): void {
+    this.cache.delete(id);
   }
 }
 
+/** The text a configuration is stored as (validated first: never writes what it could not read back). */
+export function serializeConfig(config: VmConfig): string {
+  return JSON.stringify(VmConfig.parse(config), null, 2) + "\n";
+}
+
+/** Parses a stored configuration (upgrading older formats); errors name the file and the field. */
 export function parseConfig(file: string, text: string): VmConfig {
   let raw: unknown;
   try {
@@ -117,7 +167,7 @@ export function parseConfig(file: string, text: string): VmConfig {
   } catch (err) {
     throw new DamagedConfigError(file, `not valid JSON (${(err as Error).message})`);
   }
-  const parsed = VmConfig.safeParse(raw);
+  const parsed = VmConfig.safeParse(upgradeConfig(raw));
   if (!parsed.success) {
     const issue = parsed.error.issues[0];
     const where = issue ? issue.path.join(".") || "(top)" : "(top)";

@@ -63,10 +63,10 @@ export class NetworkManager {
   ) {
     this.store = new SwitchStore(join(home, "switches"));
     // QEMU is gone (Off or Saved): its taps go too.
-    supervisor.on("state", (name: string, state: VmState) => {
+    supervisor.on("state", (vm, state: VmState) => {
       if (state !== "Off" && state !== "Saved") return;
       void this.vms
-        .get(name)
+        .get(vm.id)
         .then((vm) => this.releaseTaps(vm))
         .catch(() => undefined);
     });

@@ -1,10 +1,10 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { z } from "zod";
 import { ensureAppliance } from "../images/appliance/index.js";
-import { DiskFormat } from "../model/schema.js";
+import { CheckpointType, DiskFormat } from "../model/schema.js";
 import { VmhostError } from "../util/errors.js";
 import { NAME_GROUP, parseBody, type Route } from "./validate.js";
-import type { VmManager } from "./manager.js";
+import type { VmHost } from "./vmhost.js";
 import { firmwareRoutes } from "./routes-firmware.js";
 import { guestRoutes, handleGuestStream } from "./routes-guest.js";
 import { networkRoutes } from "./routes-network.js";
@@ -18,6 +18,7 @@ export const Schemas = {
       processorCount: z.number().int().min(1).optional(),
       memoryMiB: z.number().int().min(1).optional(),
       disk: z.string().min(1).optional(),
+      diskFormat: DiskFormat.optional(),
       newDisk: z.object({ sizeBytes: z.number().int().positive(), format: DiskFormat }).optional(),
       dvd: z.string().min(1).optional(),
       appliance: z.boolean().optional(),
@@ -29,12 +30,16 @@ export const Schemas = {
       processorCount: z.number().int().min(1).optional(),
       memoryMiB: z.number().int().min(1).optional(),
       notes: z.string().max(4096).optional(),
+      checkpointType: CheckpointType.optional(),
+      display: z.boolean().optional(),
     })
     .strict(),
+  rename: z.object({ name: z.string() }).strict(),
   stop: z.object({ force: z.boolean().default(false), timeoutSeconds: z.number().positive().max(3600).default(60) }).strict(),
   diskAdd: z
     .object({
       path: z.string().min(1).optional(),
+      format: DiskFormat.optional(),
       newDisk: z.object({ sizeBytes: z.number().int().positive(), format: DiskFormat }).optional(),
       controllerType: z.enum(["IDE", "SCSI"]).optional(),
       controllerNumber: z.number().int().min(0).optional(),
@@ -59,44 +64,45 @@ export const Schemas = {
 const parse = parseBody;
 
 const NAME = NAME_GROUP;
-const routes: Route<VmManager>[] = [
+const routes: Route<VmHost>[] = [
   ["GET", /^\/v1\/host$/, (m) => m.host()],
   ["POST", /^\/v1\/host\/accelerator\/probe$/, (m) => m.accelerator(true)],
-  ["GET", /^\/v1\/vms$/, (m) => m.list()],
-  ["POST", /^\/v1\/vms$/, (m, _p, b) => m.create(parse(Schemas.create, b))],
-  ["GET", new RegExp(`^/v1/vms/${NAME}$`), (m, [n]) => m.show(n!)],
-  ["DELETE", new RegExp(`^/v1/vms/${NAME}$`), (m, [n], b) => m.remove(n!, parse(Schemas.remove, b).deleteDisks)],
-  ["PATCH", new RegExp(`^/v1/vms/${NAME}$`), (m, [n], b) => m.set(n!, parse(Schemas.set, b))],
-  ["POST", new RegExp(`^/v1/vms/${NAME}/start$`), async (m, [n]) => ({ state: await m.start(n!) })],
+  ["GET", /^\/v1\/vms$/, (m) => m.vms.list()],
+  ["POST", /^\/v1\/vms$/, (m, _p, b) => m.vms.create(parse(Schemas.create, b))],
+  ["GET", new RegExp(`^/v1/vms/${NAME}$`), (m, [n]) => m.vms.show(n!)],
+  ["DELETE", new RegExp(`^/v1/vms/${NAME}$`), (m, [n], b) => m.vms.remove(n!, parse(Schemas.remove, b).deleteDisks)],
+  ["PATCH", new RegExp(`^/v1/vms/${NAME}$`), async (m, [n], b) => m.vms.view(await m.devices.set(n!, parse(Schemas.set, b)))],
+  ["POST", new RegExp(`^/v1/vms/${NAME}/rename$`), (m, [n], b) => m.vms.rename(n!, parse(Schemas.rename, b).name)],
+  ["POST", new RegExp(`^/v1/vms/${NAME}/start$`), async (m, [n]) => ({ state: await m.vms.start(n!) })],
   [
     "POST",
     new RegExp(`^/v1/vms/${NAME}/stop$`),
     async (m, [n], b) => {
       const s = parse(Schemas.stop, b);
-      return m.stop(n!, s.force, s.timeoutSeconds * 1000);
+      return m.vms.stop(n!, s.force, s.timeoutSeconds * 1000);
     },
   ],
-  ["POST", new RegExp(`^/v1/vms/${NAME}/turn-off$`), async (m, [n]) => ({ state: await m.turnOff(n!) })],
-  ["POST", new RegExp(`^/v1/vms/${NAME}/pause$`), async (m, [n]) => ({ state: await m.pause(n!) })],
-  ["POST", new RegExp(`^/v1/vms/${NAME}/resume$`), async (m, [n]) => ({ state: await m.resume(n!) })],
-  ["POST", new RegExp(`^/v1/vms/${NAME}/save$`), async (m, [n]) => ({ state: await m.save(n!) })],
-  ["POST", new RegExp(`^/v1/vms/${NAME}/restart$`), async (m, [n]) => ({ state: await m.restart(n!) })],
-  ["POST", new RegExp(`^/v1/vms/${NAME}/disks$`), (m, [n], b) => m.diskAdd(n!, parse(Schemas.diskAdd, b))],
-  ["POST", new RegExp(`^/v1/vms/${NAME}/disks/remove$`), (m, [n], b) => m.diskRemove(n!, parse(Schemas.ref, b).ref)],
+  ["POST", new RegExp(`^/v1/vms/${NAME}/turn-off$`), async (m, [n]) => ({ state: await m.vms.turnOff(n!) })],
+  ["POST", new RegExp(`^/v1/vms/${NAME}/pause$`), async (m, [n]) => ({ state: await m.vms.pause(n!) })],
+  ["POST", new RegExp(`^/v1/vms/${NAME}/resume$`), async (m, [n]) => ({ state: await m.vms.resume(n!) })],
+  ["POST", new RegExp(`^/v1/vms/${NAME}/save$`), async (m, [n]) => ({ state: await m.vms.save(n!) })],
+  ["POST", new RegExp(`^/v1/vms/${NAME}/restart$`), async (m, [n]) => ({ state: await m.vms.restart(n!) })],
+  ["POST", new RegExp(`^/v1/vms/${NAME}/disks$`), async (m, [n], b) => m.vms.view(await m.devices.diskAdd(n!, parse(Schemas.diskAdd, b)))],
+  ["POST", new RegExp(`^/v1/vms/${NAME}/disks/remove$`), async (m, [n], b) => m.vms.view(await m.devices.diskRemove(n!, parse(Schemas.ref, b).ref))],
   [
     "POST",
     new RegExp(`^/v1/vms/${NAME}/dvd$`),
-    (m, [n], b) => {
+    async (m, [n], b) => {
       const d = parse(Schemas.dvd, b);
-      return m.dvdSet(n!, d.path, d.ref);
+      return m.vms.view(await m.devices.dvdSet(n!, d.path, d.ref));
     },
   ],
-  ["POST", new RegExp(`^/v1/vms/${NAME}/floppy$`), (m, [n], b) => m.floppySet(n!, parse(Schemas.floppy, b).path)],
-  ["POST", new RegExp(`^/v1/vms/${NAME}/nics$`), (m, [n], b) => m.nicAdd(n!, parse(Schemas.nicAdd, b))],
-  ["POST", new RegExp(`^/v1/vms/${NAME}/nics/remove$`), (m, [n], b) => m.nicRemove(n!, parse(Schemas.ref, b).ref)],
-  ["GET", new RegExp(`^/v1/vms/${NAME}/console$`), async (m, [n]) => ({ log: await m.consoleLog(n!) })],
-  ["GET", new RegExp(`^/v1/vms/${NAME}/console/socket$`), async (m, [n]) => ({ socket: await m.consoleSocket(n!) })],
-  ["GET", new RegExp(`^/v1/vms/${NAME}/events$`), (m, [n]) => m.events(n!)],
+  ["POST", new RegExp(`^/v1/vms/${NAME}/floppy$`), async (m, [n], b) => m.vms.view(await m.devices.floppySet(n!, parse(Schemas.floppy, b).path))],
+  ["POST", new RegExp(`^/v1/vms/${NAME}/nics$`), async (m, [n], b) => m.vms.view(await m.devices.nicAdd(n!, parse(Schemas.nicAdd, b)))],
+  ["POST", new RegExp(`^/v1/vms/${NAME}/nics/remove$`), async (m, [n], b) => m.vms.view(await m.devices.nicRemove(n!, parse(Schemas.ref, b).ref))],
+  ["GET", new RegExp(`^/v1/vms/${NAME}/console$`), async (m, [n]) => ({ log: await m.vms.consoleLog(n!) })],
+  ["GET", new RegExp(`^/v1/vms/${NAME}/console/socket$`), async (m, [n]) => ({ socket: await m.vms.consoleSocket(n!) })],
+  ["GET", new RegExp(`^/v1/vms/${NAME}/events$`), (m, [n]) => m.vms.events(n!)],
   [
     "POST",
     /^\/v1\/appliance\/build$/,
@@ -127,7 +133,7 @@ async function readBody(req: IncomingMessage, limit = 1024 * 1024): Promise<unkn
   }
 }
 
-export function apiHandler(manager: VmManager, onActivity: () => void) {
+export function apiHandler(manager: VmHost, onActivity: () => void) {
   return async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
     onActivity();
     const url = new URL(req.url ?? "/", "http://vmhost");

@@ -3,14 +3,14 @@ import { request, type RequestOptions } from "node:http";
 import { openSync, closeSync, mkdirSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { homeLayout } from "../util/home.js";
+import { hostLayout } from "../home/layout.js";
 import { VmhostError } from "../util/errors.js";
 
 const DAEMON = join(dirname(fileURLToPath(import.meta.url)), "daemon.js");
 
 /** A client of vmhostd over its unix socket; starts the service on demand. */
 export class ServiceClient {
-  readonly layout = homeLayout();
+  readonly layout = hostLayout();
 
   /** Options of an HTTP request to vmhostd, with its JSON body. */
   requestOptions(method: string, path: string, payload: string | undefined, timeoutMs = 0): RequestOptions {

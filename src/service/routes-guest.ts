@@ -3,7 +3,7 @@ import { z } from "zod";
 import type { VmEvent } from "../supervisor/events.js";
 import { VmhostError } from "../util/errors.js";
 import { toVmhostError } from "./integration.js";
-import type { VmManager } from "./manager.js";
+import type { VmHost } from "./vmhost.js";
 import { parseBody, vmRoute, type Route } from "./validate.js";
 
 /** API routes of the integration services, and the streaming ones (copy-file progress, events --follow). */
@@ -26,7 +26,7 @@ export const GuestSchemas = {
 const parse = parseBody;
 const vm = vmRoute;
 
-export const guestRoutes: Route<VmManager>[] = [
+export const guestRoutes: Route<VmHost>[] = [
   ["GET", vm("integration"), (m, [n]) => m.integration.list(n!)],
   [
     "POST",
@@ -95,7 +95,7 @@ class Stream {
 }
 
 /** Handles the streaming routes; false when the request is not one of them. */
-export async function handleGuestStream(m: VmManager, req: IncomingMessage, res: ServerResponse, url: URL, readBody: BodyReader): Promise<boolean> {
+export async function handleGuestStream(m: VmHost, req: IncomingMessage, res: ServerResponse, url: URL, readBody: BodyReader): Promise<boolean> {
   const copy = req.method === "POST" ? vm("copy-file").exec(url.pathname) : null;
   const follow = req.method === "GET" ? vm("events/follow").exec(url.pathname) : null;
   if (!copy && !follow) return false;
@@ -123,12 +123,12 @@ export async function handleGuestStream(m: VmManager, req: IncomingMessage, res:
 }
 
 /** The journal so far, then each new event as it happens, until the client goes away. */
-async function followEvents(m: VmManager, name: string, s: Stream, req: IncomingMessage, res: ServerResponse): Promise<void> {
-  const vmName = (await m.get(name)).name;
+async function followEvents(m: VmHost, name: string, s: Stream, req: IncomingMessage, res: ServerResponse): Promise<void> {
+  const vmId = (await m.vms.get(name)).id;
   const live: VmEvent[] = [];
   let backlogDone = false;
   const onEvent = (ev: VmEvent) => {
-    if (ev.vm !== vmName) return;
+    if (ev.vmId !== vmId) return;
     if (backlogDone) s.line({ type: "event", event: ev });
     else live.push(ev);
   };
@@ -137,7 +137,7 @@ async function followEvents(m: VmManager, name: string, s: Stream, req: Incoming
   req.on("close", stop);
   res.on("close", stop);
   try {
-    const backlog = await m.events(name);
+    const backlog = await m.vms.events(vmId);
     for (const ev of backlog) s.line({ type: "event", event: ev });
     // Events that arrived while the journal was read may be in it already.
     const tail = new Set(backlog.slice(-64).map((e) => JSON.stringify(e)));

@@ -1,6 +1,6 @@
 import { z } from "zod";
 import { buildNetbootPayload } from "../images/netboot.js";
-import type { VmManager } from "./manager.js";
+import type { VmHost } from "./vmhost.js";
 import { NAME_GROUP, parseBody, vmRoute, type Route } from "./validate.js";
 
 /** API routes of virtual switches, adapter connections and network-boot payloads. */
@@ -22,7 +22,7 @@ export const NetworkSchemas = {
   netboot: z.object({ dir: z.string().min(1).max(4096), marker: z.string().min(1).max(64).optional() }).strict(),
 };
 
-export const networkRoutes: Route<VmManager>[] = [
+export const networkRoutes: Route<VmHost>[] = [
   ["GET", /^\/v1\/switches$/, (m) => m.network.list()],
   ["POST", /^\/v1\/switches$/, (m, _p, b) => m.network.create(parseBody(NetworkSchemas.switchNew, b))],
   ["GET", new RegExp(`^/v1/switches/${NAME_GROUP}$`), (m, [n]) => m.network.show(n!)],
@@ -30,9 +30,9 @@ export const networkRoutes: Route<VmManager>[] = [
   [
     "POST",
     vmRoute("nics/connect"),
-    (m, [n], b) => {
+    async (m, [n], b) => {
       const r = parseBody(NetworkSchemas.nicConnect, b);
-      return m.nicConnect(n!, r.adapter, r.switchName);
+      return m.vms.view(await m.devices.nicConnect(n!, r.adapter, r.switchName));
     },
   ],
   [

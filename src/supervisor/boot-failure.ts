@@ -1,4 +1,4 @@
-import type { Supervisor } from "./supervisor.js";
+import type { Supervisor, VmRef } from "./supervisor.js";
 import type { VmConfig } from "../model/schema.js";
 
 /**
@@ -34,17 +34,17 @@ export function parseBootFailure(line: string, at = new Date()): Omit<BootFailur
 
 export interface BootFailureHooks {
   /** The VM's configuration, when it still exists. */
-  config(vmName: string): Promise<VmConfig | undefined>;
+  config(vmId: string): Promise<VmConfig | undefined>;
   /** Records the failure (the VM is already paused when `paused`). */
-  record(vmName: string, failure: BootFailure): Promise<void>;
+  record(vm: VmRef, failure: BootFailure): Promise<void>;
 }
 
 /** Watches every supervised VM's console for failed boot attempts. */
 export class BootFailureWatch {
-  private readonly listener = (vmName: string, line: string): void => {
+  private readonly listener = (vm: VmRef, line: string): void => {
     if (!line.includes("BdsDxe: failed to")) return;
     const failure = parseBootFailure(line);
-    if (failure) void this.onFailure(vmName, failure);
+    if (failure) void this.onFailure(vm, failure);
   };
 
   constructor(
@@ -58,15 +58,15 @@ export class BootFailureWatch {
     this.supervisor.off("console-line", this.listener);
   }
 
-  private async onFailure(vmName: string, failure: Omit<BootFailure, "paused">): Promise<void> {
-    const vm = await this.hooks.config(vmName).catch(() => undefined);
+  private async onFailure(ref: VmRef, failure: Omit<BootFailure, "paused">): Promise<void> {
+    const vm = await this.hooks.config(ref.id).catch(() => undefined);
     if (!vm) return;
     let paused = false;
     if (vm.generation === 2 && vm.firmware.pauseAfterBootFailure && this.supervisor.stateOf(vm) === "Running") {
       // QMP `stop` directly (not under the VM's lock): a start still holding it must not delay the pause.
-      const qmp = this.supervisor.qmpOf(vm);
-      paused = await (qmp?.execute("stop").then(() => true, () => false) ?? Promise.resolve(false));
+      const mon = this.supervisor.monitorOf(vm);
+      paused = await (mon?.stop().then(() => true, () => false) ?? Promise.resolve(false));
     }
-    await this.hooks.record(vmName, { ...failure, paused }).catch(() => undefined);
+    await this.hooks.record(ref, { ...failure, paused }).catch(() => undefined);
   }
 }

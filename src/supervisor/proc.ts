@@ -1,4 +1,4 @@
-import { readFile } from "node:fs/promises";
+import { readdir, readFile } from "node:fs/promises";
 
 /**
  * A process identity that survives pid reuse: the pid plus its start time in clock ticks
@@ -52,4 +52,48 @@ export async function waitForExit(pid: number, startTime: number, timeoutMs: num
 
 export function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
+}
+
+/** A QEMU process found in /proc: its pid, start time and argv. */
+export interface QemuProcess {
+  pid: number;
+  startTime: number;
+  argv: string[];
+}
+
+/**
+ * Every live QEMU system emulator on this host (argv[0] named qemu-system-*), found in /proc.
+ * Used to adopt a VM's QEMU whose runtime record was never completed (a service killed right
+ * after spawning it): vmhost gives every QEMU `-uuid <VM id>`.
+ */
+export async function findQemuProcesses(): Promise<QemuProcess[]> {
+  const out: QemuProcess[] = [];
+  for (const entry of await readdir("/proc").catch(() => [] as string[])) {
+    if (!/^\d+$/.test(entry)) continue;
+    const pid = Number(entry);
+    const argv = await processCmdline(pid);
+    if (!argv[0] || !/(^|\/)qemu-system-[^/]*$/.test(argv[0])) continue;
+    const startTime = await processStartTime(pid);
+    if (startTime !== undefined) out.push({ pid, startTime, argv });
+  }
+  return out;
+}
+
+/** The value after `-uuid` in a QEMU argv, lower case. */
+export function qemuUuid(argv: string[]): string | undefined {
+  const i = argv.indexOf("-uuid");
+  return i >= 0 ? argv[i + 1]?.toLowerCase() : undefined;
+}
+
+/** The QMP socket path a QEMU was started with (`-chardev socket,id=qmp0,path=...`). */
+export function qemuQmpSocket(argv: string[]): string | undefined {
+  for (let i = 0; i + 1 < argv.length; i++) {
+    if (argv[i] !== "-chardev") continue;
+    const spec = argv[i + 1]!;
+    if (!/(^|,)id=qmp0(,|$)/.test(spec)) continue;
+    // QEMU doubles commas inside values.
+    const m = /(?:^|,)path=((?:[^,]|,,)*)/.exec(spec);
+    if (m) return m[1]!.replaceAll(",,", ",");
+  }
+  return undefined;
 }

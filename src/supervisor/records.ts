@@ -1,16 +1,38 @@
 import { readFile, rm } from "node:fs/promises";
-import { join } from "node:path";
 import { z } from "zod";
+import type { VmHome } from "../home/vm-home.js";
 import { writeFileAtomic } from "../util/atomic.js";
+import { VmhostError } from "../util/errors.js";
 
-/** What a running VM's QEMU is, persisted so a restarted supervisor can adopt it. */
+/**
+ * What a VM's QEMU is, persisted so a restarted supervisor can adopt it. Written BEFORE QEMU is
+ * spawned (phase "starting", no pid yet: a service killed right after the spawn still finds the
+ * QEMU through its pid file) and completed once QMP answers (phase "running").
+ */
 export const RuntimeRecord = z.object({
-  pid: z.number().int().positive(),
-  startTime: z.number(),
+  phase: z.enum(["starting", "running"]).default("running"),
+  pid: z.number().int().positive().optional(),
+  /** /proc/PID/stat start time (clock ticks): a pid plus this survives pid reuse. */
+  startTime: z.number().optional(),
   startedAt: z.string(),
   runDir: z.string(),
   accel: z.enum(["kvm", "tcg"]),
   accelReason: z.string().optional(),
+  /**
+   * A multi-step operation in progress on the running QEMU (the guest may be paused for it).
+   * A service killed during it finishes or undoes it when it adopts the QEMU again.
+   */
+  operation: z
+    .object({
+      kind: z.enum(["save", "capture"]),
+      since: z.string(),
+      /** Where the machine state is being written (capture: the checkpoint's file). */
+      file: z.string().optional(),
+      /** The guest's state before the operation paused it. */
+      wasRunning: z.boolean(),
+    })
+    .strict()
+    .optional(),
 });
 export type RuntimeRecord = z.infer<typeof RuntimeRecord>;
 
@@ -25,42 +47,29 @@ export type ExitRecord = z.infer<typeof ExitRecord>;
 export const StatusRecord = z.object({ lastExit: ExitRecord.optional() });
 export type StatusRecord = z.infer<typeof StatusRecord>;
 
-export interface VmFiles {
-  dir: string;
-  runtime: string;
-  status: string;
-  consoleLog: string;
-  qemuLog: string;
-  savedState: string;
-  nvram: string;
-}
-
-export function vmFiles(vmDir: string): VmFiles {
-  return {
-    dir: vmDir,
-    runtime: join(vmDir, "runtime.json"),
-    status: join(vmDir, "status.json"),
-    consoleLog: join(vmDir, "console.log"),
-    qemuLog: join(vmDir, "qemu.log"),
-    savedState: join(vmDir, "saved-state.bin"),
-    nvram: join(vmDir, "nvram.fd"),
-  };
-}
-
-async function readJson<T>(file: string, schema: z.ZodType<T>): Promise<T | undefined> {
+async function readJson<T>(file: string, schema: z.ZodType<T, z.ZodTypeDef, unknown>): Promise<T | undefined> {
   let text: string;
   try {
     text = await readFile(file, "utf8");
-  } catch {
-    return undefined;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === "ENOENT") return undefined;
+    throw new VmhostError("damaged", `${file} cannot be read: ${(err as Error).message}`, 500);
   }
-  const parsed = schema.safeParse(JSON.parse(text));
-  if (!parsed.success) throw new Error(`${file} is damaged: ${parsed.error.issues[0]?.message ?? "invalid"}`);
+  let raw: unknown;
+  try {
+    raw = JSON.parse(text);
+  } catch (err) {
+    throw new VmhostError("damaged", `${file} is damaged: ${(err as Error).message}`, 500);
+  }
+  const parsed = schema.safeParse(raw);
+  if (!parsed.success) throw new VmhostError("damaged", `${file} is damaged: ${parsed.error.issues[0]?.message ?? "invalid"}`, 500);
   return parsed.data;
 }
 
-export const readRuntime = (f: VmFiles) => readJson(f.runtime, RuntimeRecord);
-export const writeRuntime = (f: VmFiles, r: RuntimeRecord) => writeFileAtomic(f.runtime, JSON.stringify(r, null, 2) + "\n");
-export const clearRuntime = (f: VmFiles) => rm(f.runtime, { force: true });
-export const readStatus = async (f: VmFiles) => (await readJson(f.status, StatusRecord)) ?? {};
-export const writeStatus = (f: VmFiles, s: StatusRecord) => writeFileAtomic(f.status, JSON.stringify(s, null, 2) + "\n");
+const json = (v: unknown) => JSON.stringify(v, null, 2) + "\n";
+
+export const readRuntime = (h: VmHome) => readJson(h.runtime, RuntimeRecord);
+export const writeRuntime = (h: VmHome, r: RuntimeRecord) => writeFileAtomic(h.runtime, json(r), 0o600);
+export const clearRuntime = (h: VmHome) => rm(h.runtime, { force: true });
+export const readStatus = async (h: VmHome) => (await readJson(h.status, StatusRecord)) ?? {};
+export const writeStatus = (h: VmHome, s: StatusRecord) => writeFileAtomic(h.status, json(s), 0o600);

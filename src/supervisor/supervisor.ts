@@ -1,53 +1,81 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { EventEmitter } from "node:events";
 import { createReadStream, createWriteStream, openSync, closeSync } from "node:fs";
-import { mkdir, rename, rm, stat, open, writeFile } from "node:fs/promises";
+import { open, readFile, rename, rm, stat, unlink, writeFile } from "node:fs/promises";
 import { createServer, createConnection } from "node:net";
-import { join } from "node:path";
 import type { VmConfig, VmState, HardDisk } from "../model/schema.js";
 import type { ConfigStore } from "../model/store.js";
+import { RunPaths, type VmHome } from "../home/vm-home.js";
+import { ensurePrivateDir } from "../home/layout.js";
 import { buildArgv, diskBlockdev, storageDevice, type EngineOptions, type RuntimePaths } from "../engine/qemu/argv.js";
 import { QEMU_IDS } from "../engine/qemu/layout.js";
-import { QmpClient, type QmpEvent } from "../engine/qemu/qmp.js";
+import { QemuMonitor, type QemuRunState } from "../engine/qemu/monitor.js";
+import type { QmpEvent } from "../engine/qemu/qmp.js";
 import { VmhostError } from "../util/errors.js";
 import { KeyedMutex } from "../util/mutex.js";
+import { pathExists } from "../util/fs.js";
 import { consoleTail, rotateIfLarge } from "./console-log.js";
 import { ConsoleWatcher } from "./console-watch.js";
-import { BootDiagnostics } from "./diagnostics/watch.js";
 import { EventJournal, type VmEvent } from "./events.js";
-import { isSameProcessAlive, processCmdline, processStartTime, sleep, waitForExit } from "./proc.js";
-import {
-  clearRuntime,
-  readRuntime,
-  readStatus,
-  vmFiles,
-  writeRuntime,
-  writeStatus,
-  type ExitRecord,
-  type RuntimeRecord,
-  type VmFiles,
-} from "./records.js";
-import { pathExists } from "../util/fs.js";
+import { findQemuProcesses, isSameProcessAlive, processCmdline, processStartTime, qemuQmpSocket, qemuUuid, sleep, waitForExit, type QemuProcess } from "./proc.js";
+import { clearRuntime, readRuntime, readStatus, writeRuntime, writeStatus, type ExitRecord, type RuntimeRecord } from "./records.js";
 
-/** What the supervisor needs from the host; injected so it can be tested and stays engine-thin. */
+/** A VM as events name it: its id (stable) and its name at the time. */
+export interface VmRef {
+  id: string;
+  name: string;
+}
+
+/** The supervisor's events, typed (listeners key by `vm.id`; names change with rename). */
+export interface SupervisorEvents {
+  /** A VM's runtime state changed (Running, Paused, Off, Saved, ...). */
+  state: [vm: VmRef, state: VmState];
+  /** A QEMU is now supervised (started or adopted): guest sessions attach here. */
+  attached: [vm: VmConfig, run: RunPaths];
+  /** A QEMU is no longer supervised (gone, or the service is stopping). */
+  detached: [vm: VmRef];
+  /** An event was journaled. */
+  "vm-event": [ev: VmEvent];
+  /** A QMP event of a supervised QEMU. */
+  "qmp-event": [vm: VmRef, ev: QmpEvent];
+  /** A complete line the VM's serial console printed. */
+  "console-line": [vm: VmRef, line: string];
+}
+
+/** What the supervisor needs from the host; passed in at construction. */
 export interface EngineEnvironment {
-  qemuBinary: string;
+  /** The QEMU binary and the UEFI code for Gen2 (host facts, resolved when first needed). */
+  binaries(): Promise<{ qemuBinary: string; uefiCode(secureBoot: boolean): string }>;
   accelerator(): Promise<{ accel: "kvm" | "tcg"; reason: string }>;
-  /** UEFI code for a Gen2 VM. */
-  uefiCode(secureBoot: boolean): string;
-  /** Extra engine options for a VM (networks, fw_cfg), resolved at start. */
-  engineExtras?(vm: VmConfig): Promise<Partial<EngineOptions>>;
+  /** How QEMU is confined (its own user, the seccomp sandbox); applied at spawn. */
+  confinement?(vm: VmConfig, home: VmHome): Promise<Confinement>;
+}
+
+/** Spawn-time confinement of a QEMU (engine/qemu/confine.ts decides it). */
+export interface Confinement {
+  uid?: number;
+  gid?: number;
+  /** Extra argv (e.g. -sandbox ...), appended. */
+  argv: string[];
+  /** Makes the run directory and the VM's files usable by that user before the spawn. */
+  prepare?(run: RunPaths): Promise<void>;
+}
+
+/** What the supervisor asks of the guest (the integration services' side). */
+export interface GuestPort {
+  /** Asks the guest to shut down through its agent; true when the agent took the request. */
+  requestShutdown(vmId: string): Promise<boolean>;
 }
 
 type Intent = "stop" | "turn-off" | "save" | undefined;
 type ChildExit = { code: number | null; signal: NodeJS.Signals | null };
 
 interface Running {
-  id: string;
-  name: string;
-  files: VmFiles;
-  record: RuntimeRecord;
-  qmp: QmpClient;
+  vm: VmRef;
+  home: VmHome;
+  run: RunPaths;
+  record: RuntimeRecord & { pid: number; startTime: number };
+  mon: QemuMonitor;
   state: VmState;
   child?: ChildProcess;
   /** Known only for a QEMU this supervisor started (its child); adopted ones have none. */
@@ -70,60 +98,60 @@ export interface VmRuntimeView {
   hasSavedState: boolean;
 }
 
+/** How a start is done: from a machine-state file (a checkpoint's), paused, or as usual. */
+export interface StartOptions {
+  /** Restore this machine state (migration stream) instead of booting; the file is kept. */
+  restoreFrom?: string;
+  /** Leave the guest paused once QEMU is up (or the state is loaded). */
+  paused?: boolean;
+  /** Overrides of the configuration for this run only (e.g. a checkpoint's current overlays). */
+  config?: VmConfig;
+  /** Engine options the caller resolved for this run (the adapters' taps, from the switches). */
+  extras?: Partial<EngineOptions>;
+}
+
 const QMP_CONNECT_TIMEOUT_MS = 15_000;
 
+function refOf(vm: { id: string; name: string }): VmRef {
+  return { id: vm.id, name: vm.name };
+}
+
 /**
- * The host's one supervisor (libvirt/Incus style): starts QEMU detached so it outlives
- * vmhost, adopts running QEMUs when vmhost restarts, notices a QEMU that dies through its
- * QMP connection closing (immediately), and keeps console logs bounded.
+ * The host's one supervisor (libvirt/Incus style): starts QEMU detached so it outlives vmhost,
+ * adopts running QEMUs when vmhost restarts (also one whose start was never recorded), notices
+ * a QEMU that dies through its QMP connection closing (immediately), finishes or undoes a save
+ * or state capture that a killed service left half done, and keeps console logs bounded.
+ * Every QMP command goes through QemuMonitor's typed verbs (engine/qemu/monitor.ts).
  */
-export class Supervisor extends EventEmitter {
+export class Supervisor extends EventEmitter<SupervisorEvents> {
   private readonly running = new Map<string, Running>();
   private readonly locks = new KeyedMutex();
   private rotateTimer?: NodeJS.Timeout;
   readonly journal: EventJournal;
-  /** Boot diagnostics: known failure signatures and stalls on each VM's console (diagnostics/). */
-  readonly diagnostics: BootDiagnostics;
-  /**
-   * Set by the integration services: asks the guest to shut down through its agent, true when
-   * it took the request; stop falls back to the ACPI power button otherwise.
-   */
-  guestShutdown?: (vm: VmConfig) => Promise<boolean>;
+  readonly store: ConfigStore;
+  private readonly engine: EngineEnvironment;
+  private readonly guest?: GuestPort;
 
-  constructor(
-    readonly store: ConfigStore,
-    readonly runRoot: string,
-    readonly env: EngineEnvironment,
-  ) {
+  constructor(deps: { store: ConfigStore; engine: EngineEnvironment; guest?: GuestPort; journal?: EventJournal }) {
     super();
-    this.journal = new EventJournal((n) => store.vmDir(n));
-    this.diagnostics = new BootDiagnostics(this);
+    this.store = deps.store;
+    this.engine = deps.engine;
+    this.guest = deps.guest;
+    this.journal = deps.journal ?? new EventJournal();
   }
 
-  /** Serialise operations on one VM (keyed by id, so a rename could never race). */
+  /** Serialise operations on one VM (keyed by id, so a rename can never race). */
   withLock<T>(id: string, fn: () => Promise<T>): Promise<T> {
     return this.locks.run(id, fn);
   }
 
-  files(name: string): VmFiles {
-    return vmFiles(this.store.vmDir(name));
+  home(vm: { id: string }): VmHome {
+    return this.store.home(vm.id);
   }
 
-  runDirFor(vm: { id: string }): string {
-    return join(this.runRoot, vm.id.slice(0, 13));
-  }
-
-  runtimePaths(vm: VmConfig, runDir: string): RuntimePaths {
-    const f = this.files(vm.name);
-    return {
-      qmpSocket: join(runDir, "qmp.sock"),
-      serialSocket: join(runDir, "serial.sock"),
-      agentSocket: join(runDir, "agent.sock"),
-      pidFile: join(runDir, "qemu.pid"),
-      consoleLog: f.consoleLog,
-      nvram: vm.generation === 2 ? f.nvram : undefined,
-      biosSerialConsole: vm.generation === 1 ? join(runDir, "sercon-port") : undefined,
-    };
+  /** The sockets of a running VM's QEMU, or undefined when it is not running. */
+  runPaths(vm: { id: string }): RunPaths | undefined {
+    return this.running.get(vm.id)?.run;
   }
 
   // ---- lifecycle of the supervisor itself -------------------------------------------
@@ -131,47 +159,117 @@ export class Supervisor extends EventEmitter {
   /** Adopt every VM whose QEMU is still running; mark the rest Off with the reason. */
   async adoptAll(): Promise<void> {
     const configs = await this.store.configs();
-    await Promise.all(configs.map((vm) => this.withLock(vm.id, () => this.adopt(vm)).catch(() => undefined)));
+    const qemus = await findQemuProcesses();
+    await Promise.all(
+      configs.map((vm) =>
+        this.withLock(vm.id, () => this.adopt(vm, qemus)).catch((err: Error) => this.event(vm, "adopt-failed", `adopting the running QEMU failed: ${err.message}`)),
+      ),
+    );
     this.rotateTimer = setInterval(() => void this.rotateLogs(), 2000);
     this.rotateTimer.unref();
   }
 
   close(): void {
     if (this.rotateTimer) clearInterval(this.rotateTimer);
-    this.diagnostics.close();
     for (const r of this.running.values()) {
       r.console.stop();
-      r.qmp.removeAllListeners("close");
-      r.qmp.close();
-      this.emit("detached", r.name, r.id);
+      r.mon.close();
+      this.emit("detached", r.vm);
     }
     this.running.clear();
   }
 
-  private async adopt(vm: VmConfig): Promise<void> {
-    const files = this.files(vm.name);
+  /**
+   * Finds this VM's live QEMU: the recorded pid, else the pid file in its run directory (a start
+   * the service did not finish recording), else any QEMU started with `-uuid <id>`.
+   */
+  private async findQemu(vm: VmConfig, record: RuntimeRecord | undefined, qemus: QemuProcess[]): Promise<QemuProcess | undefined> {
+    const ours = (p: QemuProcess) => qemuUuid(p.argv) === vm.id.toLowerCase();
+    if (record?.pid && record.startTime !== undefined && (await isSameProcessAlive(record.pid, record.startTime))) {
+      const argv = await processCmdline(record.pid);
+      const p = { pid: record.pid, startTime: record.startTime, argv };
+      if (ours(p)) return p;
+    }
+    if (record) {
+      const pid = Number((await readFileText(new RunPaths(record.runDir).pidFile)).trim());
+      if (pid > 0) {
+        const startTime = await processStartTime(pid);
+        const p = startTime === undefined ? undefined : { pid, startTime, argv: await processCmdline(pid) };
+        if (p && ours(p)) return p;
+      }
+    }
+    return qemus.find(ours);
+  }
+
+  private async adopt(vm: VmConfig, qemus: QemuProcess[]): Promise<void> {
+    const home = this.home(vm);
     let record: RuntimeRecord | undefined;
     try {
-      record = await readRuntime(files);
+      record = await readRuntime(home);
     } catch {
       record = undefined;
     }
-    if (!record) return;
-    const alive = await isSameProcessAlive(record.pid, record.startTime);
-    const cmd = alive ? await processCmdline(record.pid) : [];
-    if (!alive || !cmd.includes(vm.id)) {
-      await this.recordExit(vm.name, files, "QEMU exited while vmhost was not watching", true);
-      await clearRuntime(files);
+    const found = await this.findQemu(vm, record, qemus);
+    if (!found) {
+      await rm(home.savedStatePartial, { force: true });
+      if (record) {
+        await this.recordExit(vm, home, record.phase === "starting" ? "the start was interrupted and QEMU is not running" : "QEMU exited while vmhost was not watching", true);
+        await clearRuntime(home);
+        // Only now is nothing of this VM alive: its run directory can go.
+        await rm(record.runDir, { recursive: true, force: true }).catch(() => undefined);
+      }
       return;
     }
-    const qmp = await QmpClient.connect(join(record.runDir, "qmp.sock"));
-    const r = this.track(vm, files, record, qmp);
-    r.state = await this.queryState(r);
-    await this.event(vm.name, "adopted", `running QEMU (pid ${record.pid}) adopted; state ${r.state}`);
+    const qmpSocket = qemuQmpSocket(found.argv) ?? new RunPaths(record?.runDir ?? home.runDir).qmpSocket;
+    const run = new RunPaths(record?.runDir ?? qmpSocket.replace(/\/qmp\.sock$/, ""));
+    const accel = record?.accel ?? (found.argv.some((a) => a.includes("accel=kvm")) ? "kvm" : "tcg");
+    const full = {
+      phase: "running" as const,
+      startedAt: record?.startedAt ?? new Date().toISOString(),
+      runDir: run.dir,
+      accel,
+      ...(record?.accelReason ? { accelReason: record.accelReason } : {}),
+      ...(record?.operation ? { operation: record.operation } : {}),
+      pid: found.pid,
+      startTime: found.startTime,
+    };
+    await writeRuntime(home, full);
+    const mon = await QemuMonitor.connect(run.qmpSocket);
+    const r = this.track(vm, home, run, full, mon);
+    r.state = stateOf((await mon.queryStatus()).status);
+    await this.event(vm, "adopted", `running QEMU (pid ${found.pid}) adopted; state ${r.state}${record?.phase === "starting" || !record ? " (its start had not been recorded)" : ""}`);
+    if (full.operation) await this.finishInterrupted(r, full.operation);
+  }
+
+  /**
+   * A service killed during a save or a state capture left the guest paused: a save whose
+   * state file is complete is finished (QEMU quits, the VM is Saved); anything else is undone
+   * (the migration cancelled, the partial file removed, the guest running again).
+   */
+  private async finishInterrupted(r: Running, op: NonNullable<RuntimeRecord["operation"]>): Promise<void> {
+    if (op.kind === "save" && (await pathExists(r.home.savedState))) {
+      r.intent = "save";
+      await this.event(r.vm, "save-finished", "a save interrupted by a service restart had completed; QEMU is stopped now");
+      await r.mon.quit().catch(() => undefined);
+      await Promise.race([r.gone, sleep(10_000)]);
+      if (this.running.has(r.vm.id)) await this.killHard(r);
+      return;
+    }
+    const info = await r.mon.queryMigrate().catch(() => ({ status: undefined }));
+    if (info.status === "active" || info.status === "setup") await r.mon.migrateCancel().catch(() => undefined);
+    await rm(r.home.savedStatePartial, { force: true });
+    if (op.file) await rm(op.file, { force: true });
+    await unlink(r.run.migrationSocket).catch(() => undefined);
+    if (op.wasRunning) {
+      await this.resumeAfterMigration(r);
+      this.setState(r, "Running");
+    } else this.setState(r, "Paused");
+    await this.clearOperation(r);
+    await this.event(r.vm, op.kind === "save" ? "save-interrupted" : "capture-interrupted", `the ${op.kind === "save" ? "save" : "state capture"} started at ${op.since} was interrupted by a service restart; it was undone and the guest is ${op.wasRunning ? "running" : "paused"} again`);
   }
 
   private async rotateLogs(): Promise<void> {
-    for (const r of this.running.values()) await rotateIfLarge(r.files.consoleLog).catch(() => undefined);
+    for (const r of this.running.values()) await rotateIfLarge(r.home.consoleLog).catch(() => undefined);
   }
 
   // ---- state -----------------------------------------------------------------------
@@ -180,55 +278,33 @@ export class Supervisor extends EventEmitter {
     return this.running.has(id);
   }
 
+  /** A running VM's name changed (Rename-VM): events and views use the new one. */
+  renamed(vm: VmRef): void {
+    const r = this.running.get(vm.id);
+    if (r) r.vm.name = vm.name;
+  }
+
   async view(vm: VmConfig): Promise<VmRuntimeView> {
     const r = this.running.get(vm.id);
-    const files = this.files(vm.name);
-    const hasSavedState = await pathExists(files.savedState);
+    const home = this.home(vm);
+    const hasSavedState = await pathExists(home.savedState);
     if (r) {
-      return {
-        state: r.state,
-        pid: r.record.pid,
-        startedAt: r.record.startedAt,
-        accel: r.record.accel,
-        accelReason: r.record.accelReason,
-        hasSavedState,
-      };
+      return { state: r.state, pid: r.record.pid, startedAt: r.record.startedAt, accel: r.record.accel, accelReason: r.record.accelReason, hasSavedState };
     }
-    const status = await readStatus(files).catch(() => ({}) as { lastExit?: ExitRecord });
+    const status = await readStatus(home).catch(() => ({}) as { lastExit?: ExitRecord });
     return { state: hasSavedState ? "Saved" : "Off", lastExit: status.lastExit, hasSavedState };
   }
 
-  stateOf(vm: VmConfig): VmState | undefined {
+  stateOf(vm: { id: string }): VmState | undefined {
     return this.running.get(vm.id)?.state;
   }
 
   /** The state of any VM: a running one's, else Saved when a saved state waits, else Off. */
-  async state(vm: VmConfig): Promise<VmState> {
-    return this.stateOf(vm) ?? ((await pathExists(this.files(vm.name).savedState)) ? "Saved" : "Off");
+  async state(vm: { id: string }): Promise<VmState> {
+    return this.stateOf(vm) ?? ((await pathExists(this.home(vm).savedState)) ? "Saved" : "Off");
   }
 
-  private async queryState(r: Running): Promise<VmState> {
-    const s = await r.qmp.execute<{ status: string }>("query-status");
-    switch (s.status) {
-      case "running":
-        return "Running";
-      case "paused":
-      case "suspended":
-        return "Paused";
-      case "inmigrate":
-      case "prelaunch":
-        return "Starting";
-      case "postmigrate":
-      case "finish-migrate":
-        return "Saving";
-      case "shutdown":
-        return "Stopping";
-      default:
-        return "Running";
-    }
-  }
-
-  private requireRunning(vm: VmConfig, ...states: VmState[]): Running {
+  private requireRunning(vm: { id: string; name: string }, ...states: VmState[]): Running {
     const r = this.running.get(vm.id);
     if (!r) throw new VmhostError("invalid-state", `VM "${vm.name}" is not running`, 409);
     if (states.length && !states.includes(r.state)) {
@@ -239,34 +315,63 @@ export class Supervisor extends EventEmitter {
 
   // ---- start ---------------------------------------------------------------------
 
-  async start(vm: VmConfig): Promise<VmState> {
+  /**
+   * Starts the VM's QEMU: boots it, or restores its saved state (Save-VM) or a given state file.
+   * The runtime record is written before the spawn, so a service killed at any moment finds
+   * the QEMU again. Never removes the run directory of a live QEMU.
+   */
+  async start(stored: VmConfig, opts: StartOptions = {}): Promise<VmState> {
+    const vm = opts.config ?? stored;
     if (this.running.has(vm.id)) {
       throw new VmhostError("invalid-state", `VM "${vm.name}" is already ${this.running.get(vm.id)!.state}`, 409);
     }
-    const files = this.files(vm.name);
-    const restoring = await pathExists(files.savedState);
-    const runDir = this.runDirFor(vm);
-    await rm(runDir, { recursive: true, force: true });
-    await mkdir(runDir, { recursive: true, mode: 0o700 });
-    const paths = this.runtimePaths(vm, runDir);
-    if (paths.biosSerialConsole) await writeFile(paths.biosSerialConsole, Buffer.from([0xf8, 0x03]));
-    const { accel, reason } = await this.env.accelerator();
-    const extras = (await this.env.engineExtras?.(vm)) ?? {};
-    const opts: EngineOptions = {
+    const home = this.home(vm);
+    const live = await this.findQemu(vm, await readRuntime(home).catch(() => undefined), await findQemuProcesses());
+    if (live) throw new VmhostError("invalid-state", `a QEMU of VM "${vm.name}" is running already (pid ${live.pid}) but is not supervised; restart vmhostd to adopt it`, 409);
+    const restoreFile = opts.restoreFrom ?? ((await pathExists(home.savedState)) ? home.savedState : undefined);
+    const fromSaved = restoreFile !== undefined && opts.restoreFrom === undefined;
+    await rm(home.savedStatePartial, { force: true });
+    const run = home.run;
+    await rm(run.dir, { recursive: true, force: true });
+    await ensurePrivateDir(run.dir);
+    const { qemuBinary, uefiCode } = await this.engine.binaries();
+    const paths: RuntimePaths = {
+      qmpSocket: run.qmpSocket,
+      serialSocket: run.serialSocket,
+      agentSocket: run.agentSocket,
+      pidFile: run.pidFile,
+      consoleLog: home.consoleLog,
+      nvram: vm.generation === 2 ? home.nvram : undefined,
+      biosSerialConsole: vm.generation === 1 ? run.biosSerialConsole : undefined,
+      vncSocket: vm.display ? run.vncSocket : undefined,
+    };
+    if (paths.biosSerialConsole) await writeFile(paths.biosSerialConsole, Buffer.from([0xf8, 0x03]), { mode: 0o600 });
+    const { accel, reason } = await this.engine.accelerator();
+    const extras = opts.extras ?? {};
+    const opts2: EngineOptions = {
       accel,
-      uefiCode: vm.generation === 2 ? this.env.uefiCode(vm.firmware.secureBoot) : undefined,
+      uefiCode: vm.generation === 2 ? uefiCode(vm.firmware.secureBoot) : undefined,
       secureBoot: vm.generation === 2 && vm.firmware.secureBoot,
       ...extras,
-      incoming: restoring ? "defer" : undefined,
+      incoming: restoreFile ? "defer" : undefined,
     };
-    const argv = buildArgv(vm, paths, opts);
+    const confinement = (await this.engine.confinement?.(vm, home)) ?? { argv: [] };
+    const argv = [...buildArgv(vm, paths, opts2), ...(opts.paused && !restoreFile ? ["-S"] : []), ...confinement.argv];
+    await confinement.prepare?.(run);
 
+    const startedAt = new Date().toISOString();
+    await writeRuntime(home, { phase: "starting", startedAt, runDir: run.dir, accel, accelReason: reason });
     // The console log is appended to across runs: this run's output starts at its current end.
-    const consoleFrom = await stat(files.consoleLog).then((st) => st.size, () => 0);
-    const logFd = openSync(files.qemuLog, "w");
+    const consoleFrom = await stat(home.consoleLog).then((st) => st.size, () => 0);
+    const logFd = openSync(home.qemuLog, "w", 0o600);
     let child: ChildProcess;
     try {
-      child = spawn(this.env.qemuBinary, argv, { detached: true, stdio: ["ignore", logFd, logFd] });
+      child = spawn(qemuBinary, argv, {
+        detached: true,
+        stdio: ["ignore", logFd, logFd],
+        ...(confinement.uid !== undefined ? { uid: confinement.uid } : {}),
+        ...(confinement.gid !== undefined ? { gid: confinement.gid } : {}),
+      });
     } finally {
       closeSync(logFd);
     }
@@ -280,44 +385,42 @@ export class Supervisor extends EventEmitter {
       child.once("error", () => resolve());
     });
 
-    const qmp = await this.connectQmp(paths.qmpSocket, () => childExit !== undefined).catch(async (err: Error) => {
+    const mon = await this.connectMonitor(run.qmpSocket, () => childExit !== undefined).catch(async (err: Error) => {
       await sleep(50);
-      const tail = (await consoleTail(files.qemuLog, 5)).join("\n");
+      const tail = (await consoleTail(home.qemuLog, 5)).join("\n");
       if (childExit === undefined && child.pid) process.kill(child.pid, "SIGKILL");
+      await clearRuntime(home);
       throw new VmhostError("start-failed", `QEMU did not start: ${tail || err.message}`, 500);
     });
     const pid = child.pid!;
-    const record: RuntimeRecord = {
-      pid,
-      startTime: (await processStartTime(pid)) ?? 0,
-      startedAt: new Date().toISOString(),
-      runDir,
-      accel,
-      accelReason: reason,
-    };
-    await writeRuntime(files, record);
-    const r = this.track(vm, files, record, qmp, child, childExited, () => childExit, consoleFrom);
-    r.state = restoring ? "Starting" : "Running";
-    await this.event(vm.name, "started", `started under ${accel.toUpperCase()} (${reason})`);
+    const record = { phase: "running" as const, pid, startTime: (await processStartTime(pid)) ?? 0, startedAt, runDir: run.dir, accel, accelReason: reason };
+    await writeRuntime(home, record);
+    const r = this.track(vm, home, run, record, mon, child, childExited, () => childExit, consoleFrom);
+    r.state = restoreFile ? "Starting" : opts.paused ? "Paused" : "Running";
+    await this.event(vm, "started", `started under ${accel.toUpperCase()} (${reason})`);
 
-    if (restoring) {
+    if (restoreFile) {
       try {
-        await this.restoreState(r, files);
+        await this.restoreState(r, restoreFile, opts.paused ?? false);
       } catch (err) {
         await this.killHard(r);
-        throw new VmhostError("restore-failed", `restoring the saved state failed: ${(err as Error).message}; the saved state was kept`, 500);
+        throw new VmhostError("restore-failed", `restoring the machine state failed: ${(err as Error).message}; the state file was kept`, 500);
       }
+      if (fromSaved) {
+        await rm(home.savedState, { force: true });
+        await this.event(vm, "restored", "saved state restored");
+      } else await this.event(vm, "restored", "machine state restored");
     }
     return r.state;
   }
 
-  private async connectQmp(path: string, exited: () => boolean): Promise<QmpClient> {
+  private async connectMonitor(path: string, exited: () => boolean): Promise<QemuMonitor> {
     const deadline = Date.now() + QMP_CONNECT_TIMEOUT_MS;
     let last: Error = new Error("timed out");
     while (Date.now() < deadline) {
       if (exited()) throw new Error("QEMU exited during start");
       try {
-        return await QmpClient.connect(path, 5000);
+        return await QemuMonitor.connect(path, 5000);
       } catch (err) {
         last = err as Error;
         await sleep(10);
@@ -328,9 +431,10 @@ export class Supervisor extends EventEmitter {
 
   private track(
     vm: VmConfig,
-    files: VmFiles,
-    record: RuntimeRecord,
-    qmp: QmpClient,
+    home: VmHome,
+    run: RunPaths,
+    record: Running["record"],
+    mon: QemuMonitor,
     child?: ChildProcess,
     childExited?: Promise<void>,
     exitInfo: () => ChildExit | undefined = () => undefined,
@@ -338,58 +442,56 @@ export class Supervisor extends EventEmitter {
   ): Running {
     let markGone!: (r: ExitRecord) => void;
     const gone = new Promise<ExitRecord>((resolve) => (markGone = resolve));
+    const ref = refOf(vm);
     const r: Running = {
-      id: vm.id,
-      name: vm.name,
-      files,
+      vm: ref,
+      home,
+      run,
       record,
-      qmp,
+      mon,
       state: "Running",
       child,
       childExit: exitInfo,
       childExited,
       intent: undefined,
-      console: new ConsoleWatcher(files.consoleLog, (line) => this.emit("console-line", vm.name, line)),
+      console: new ConsoleWatcher(home.consoleLog, (line) => this.emit("console-line", ref, line)),
       gone,
       markGone,
     };
     this.running.set(vm.id, r);
-    // Integration services attach their guest agent session here ("detached" when QEMU goes).
-    this.emit("attached", vm, record.runDir);
+    this.emit("attached", vm, run);
     void r.console.start(consoleFrom ?? true);
-    qmp.on("event", (ev: QmpEvent) => this.onQmpEvent(r, ev));
-    qmp.once("close", () => void this.onQemuGone(r));
+    mon.on("event", (ev: QmpEvent) => this.onQmpEvent(r, ev));
+    mon.once("close", () => void this.onQemuGone(r));
     return r;
   }
 
   private onQmpEvent(r: Running, ev: QmpEvent): void {
     switch (ev.event) {
       case "STOP":
-        if (r.intent !== "save" && r.state !== "Stopping") this.setState(r, "Paused");
+        if (r.intent !== "save" && r.state !== "Stopping" && !r.record.operation) this.setState(r, "Paused");
         break;
       case "RESUME":
         this.setState(r, "Running");
         break;
-      case "SHUTDOWN": {
-        const reason = String(ev.data?.["reason"] ?? "");
-        r.shutdownReason = reason;
+      case "SHUTDOWN":
+        r.shutdownReason = String(ev.data?.["reason"] ?? "");
         this.setState(r, "Stopping");
         break;
-      }
       case "RESET":
-        if (ev.data?.["guest"] === true) void this.event(r.name, "reset", "the guest reset itself");
+        if (ev.data?.["guest"] === true) void this.event(r.vm, "reset", "the guest reset itself");
         break;
       case "POWERDOWN":
-        void this.event(r.name, "acpi-power-button", "ACPI power button pressed");
+        void this.event(r.vm, "acpi-power-button", "ACPI power button pressed");
         break;
     }
-    this.emit("qmp-event", r.name, ev);
+    this.emit("qmp-event", r.vm, ev);
   }
 
   private setState(r: Running, state: VmState): void {
     if (r.state === state) return;
     r.state = state;
-    this.emit("state", r.name, state);
+    this.emit("state", r.vm, state);
   }
 
   /** QMP closed: QEMU is gone (or going). Work out why, record it, and show Off or Saved. */
@@ -398,13 +500,14 @@ export class Supervisor extends EventEmitter {
     else await waitForExit(r.record.pid, r.record.startTime, 1000);
     const reason = this.exitReason(r);
     r.console.stop();
-    this.running.delete(r.id);
-    this.emit("detached", r.name, r.id);
-    const saved = r.intent === "save" && (await pathExists(r.files.savedState));
-    const exit = await this.recordExit(r.name, r.files, saved ? "state saved" : reason, !saved && r.intent === undefined);
-    await clearRuntime(r.files).catch(() => undefined);
-    await rm(r.record.runDir, { recursive: true, force: true }).catch(() => undefined);
-    this.emit("state", r.name, saved ? "Saved" : "Off");
+    this.running.delete(r.vm.id);
+    this.emit("detached", r.vm);
+    const saved = r.intent === "save" && (await pathExists(r.home.savedState));
+    const exit = await this.recordExit(r.vm, r.home, saved ? "state saved" : reason, !saved && r.intent === undefined);
+    await clearRuntime(r.home).catch(() => undefined);
+    await rm(r.home.savedStatePartial, { force: true }).catch(() => undefined);
+    await rm(r.run.dir, { recursive: true, force: true }).catch(() => undefined);
+    this.emit("state", r.vm, saved ? "Saved" : "Off");
     r.markGone(exit);
   }
 
@@ -423,52 +526,59 @@ export class Supervisor extends EventEmitter {
     return ce ? "QEMU exited without a shutdown request" : "QEMU exited unexpectedly (no shutdown event: killed or crashed)";
   }
 
-  private async recordExit(name: string, files: VmFiles, reason: string, unexpected: boolean): Promise<ExitRecord> {
-    const qemuLines = unexpected ? await consoleTail(files.qemuLog, 3) : [];
+  private async recordExit(vm: VmRef, home: VmHome, reason: string, unexpected: boolean): Promise<ExitRecord> {
+    const qemuLines = unexpected ? await consoleTail(home.qemuLog, 3) : [];
     const exit: ExitRecord = {
       at: new Date().toISOString(),
       reason: qemuLines.length && /exited with status/.test(reason) ? `${reason}: ${qemuLines.join(" | ")}` : reason,
-      consoleTail: await consoleTail(files.consoleLog, 10),
+      consoleTail: await consoleTail(home.consoleLog, 10),
     };
-    await writeStatus(files, { lastExit: exit }).catch(() => undefined);
-    await this.event(name, unexpected ? "exited" : "off", `Off: ${exit.reason}`);
+    await writeStatus(home, { lastExit: exit }).catch(() => undefined);
+    await this.event(vm, unexpected ? "exited" : "off", `Off: ${exit.reason}`);
     return exit;
   }
 
-  async event(vm: string, type: string, message: string, data?: Record<string, unknown>): Promise<void> {
-    const ev: VmEvent = { at: new Date().toISOString(), vm, type, message, ...(data ? { data } : {}) };
+  /** Journals an event for the VM and tells listeners ("vm-event"). */
+  async event(vm: VmRef, type: string, message: string, data?: Record<string, unknown>): Promise<void> {
+    const ev: VmEvent = { at: new Date().toISOString(), vmId: vm.id, vm: vm.name, type, message, ...(data ? { data } : {}) };
     this.emit("vm-event", ev);
-    await this.journal.append(ev);
+    await this.journal.append(this.home(vm), ev);
   }
 
   // ---- operations on a running VM ----------------------------------------------------
 
-  async pause(vm: VmConfig): Promise<VmState> {
+  async pause(vm: VmRef): Promise<VmState> {
     const r = this.requireRunning(vm, "Running", "Paused");
-    if (r.state === "Running") await r.qmp.execute("stop");
+    if (r.state === "Running") await r.mon.stop();
     this.setState(r, "Paused");
     return r.state;
   }
 
-  async resume(vm: VmConfig): Promise<VmState> {
+  async resume(vm: VmRef): Promise<VmState> {
     const r = this.requireRunning(vm, "Paused", "Running");
-    if (r.state === "Paused") await r.qmp.execute("cont");
+    if (r.state === "Paused") await this.resumeAfterMigration(r);
     this.setState(r, "Running");
     return r.state;
   }
 
-  /** Hard reset, as Hyper-V's Reset/Restart-VM -Force. */
-  async restart(vm: VmConfig): Promise<VmState> {
+  /** `cont`, also from "postmigrate" (after a state capture QEMU re-activates its block nodes on cont). */
+  private async resumeAfterMigration(r: Running): Promise<void> {
+    const s = (await r.mon.queryStatus()).status;
+    if (s !== "running") await r.mon.cont();
+  }
+
+  /** Hard reset, as Hyper-V's Reset-VM. */
+  async restart(vm: VmRef): Promise<VmState> {
     const r = this.requireRunning(vm, "Running", "Paused");
-    await r.qmp.execute("system_reset");
-    if (r.state === "Paused") await r.qmp.execute("cont");
+    await r.mon.systemReset();
+    if (r.state === "Paused") await r.mon.cont();
     this.setState(r, "Running");
-    await this.event(vm.name, "restart", "reset by the host");
+    await this.event(vm, "restart", "reset by the host");
     return r.state;
   }
 
-  /** Guest shutdown through the ACPI power button; with force, turned off after the timeout. */
-  async stop(vm: VmConfig, opts: { force: boolean; timeoutMs: number }): Promise<{ state: VmState; forced: boolean }> {
+  /** Guest shutdown through the agent or the ACPI power button; with force, turned off after the timeout. */
+  async stop(vm: VmRef, opts: { force: boolean; timeoutMs: number }): Promise<{ state: VmState; forced: boolean }> {
     const r = this.requireRunning(vm);
     if (r.state === "Paused" && !opts.force) {
       throw new VmhostError("invalid-state", `VM "${vm.name}" is Paused: resume it first, or use --force to turn it off`, 409);
@@ -479,17 +589,17 @@ export class Supervisor extends EventEmitter {
     }
     r.intent = "stop";
     // The Shutdown integration service when the guest agent takes the request, else ACPI.
-    const viaAgent = (await this.guestShutdown?.(vm).catch(() => false)) ?? false;
+    const viaAgent = (await this.guest?.requestShutdown(vm.id).catch(() => false)) ?? false;
     this.setState(r, "Stopping");
-    await this.event(vm.name, "stop", `shutdown requested through ${viaAgent ? "the guest agent (Shutdown integration service)" : "the ACPI power button"}`, {
+    await this.event(vm, "stop", `shutdown requested through ${viaAgent ? "the guest agent (Shutdown integration service)" : "the ACPI power button"}`, {
       method: viaAgent ? "agent" : "acpi",
     });
-    if (!viaAgent) await r.qmp.execute("system_powerdown").catch(() => undefined);
+    if (!viaAgent) await r.mon.systemPowerdown().catch(() => undefined);
     const done = await Promise.race([r.gone.then(() => true), sleep(opts.timeoutMs).then(() => false)]);
     if (done) return { state: "Off", forced: false };
     if (!opts.force) {
       r.intent = undefined;
-      if (this.running.has(vm.id)) this.setState(r, await this.queryState(r).catch(() => "Running" as VmState));
+      if (this.running.has(vm.id)) this.setState(r, await r.mon.queryStatus().then((s) => stateOf(s.status), () => "Running" as VmState));
       throw new VmhostError(
         "shutdown-timeout",
         `the guest did not shut down within ${Math.round(opts.timeoutMs / 1000)} s (${viaAgent ? "its guest agent took the request" : "does it handle the ACPI power button?"}); use --force to turn it off`,
@@ -500,13 +610,14 @@ export class Supervisor extends EventEmitter {
     return { state: "Off", forced: true };
   }
 
-  async turnOff(vm: VmConfig): Promise<VmState> {
+  /** Turn-Off: QEMU quits at once (a saved state is discarded when the VM is Saved). */
+  async turnOff(vm: VmRef): Promise<VmState> {
     const r = this.running.get(vm.id);
     if (!r) {
-      const files = this.files(vm.name);
-      if (await pathExists(files.savedState)) {
-        await rm(files.savedState, { force: true });
-        await this.event(vm.name, "saved-state-discarded", "saved state discarded by turn-off");
+      const home = this.home(vm);
+      if (await pathExists(home.savedState)) {
+        await rm(home.savedState, { force: true });
+        await this.event(vm, "saved-state-discarded", "saved state discarded by turn-off");
       }
       return "Off";
     }
@@ -516,7 +627,7 @@ export class Supervisor extends EventEmitter {
 
   private async turnOffRunning(r: Running): Promise<void> {
     r.intent = "turn-off";
-    await r.qmp.execute("quit", undefined, 3000).catch(() => undefined);
+    await r.mon.quit().catch(() => undefined);
     const ok = await Promise.race([r.gone.then(() => true), sleep(5000).then(() => false)]);
     if (!ok) await this.killHard(r);
   }
@@ -530,18 +641,27 @@ export class Supervisor extends EventEmitter {
     await Promise.race([r.gone, sleep(5000)]);
   }
 
+  private async setOperation(r: Running, op: RuntimeRecord["operation"]): Promise<void> {
+    r.record = { ...r.record, operation: op };
+    await writeRuntime(r.home, r.record);
+  }
+
+  private async clearOperation(r: Running): Promise<void> {
+    const { operation: _op, ...rest } = r.record;
+    r.record = rest;
+    await writeRuntime(r.home, r.record);
+  }
+
   /**
-   * Save: pause, stream the machine state (RAM, devices, and the UEFI flash) to a file
-   * through QEMU's migration, then stop QEMU. The next start restores it.
+   * Streams the machine state (RAM, devices and the UEFI flash) of a paused QEMU into `file`
+   * through QEMU's migration (`migrate unix:` to a socket vmhostd serves). The file appears only
+   * when complete (written as `.partial`, fsynced, renamed). Stale sockets are removed first.
    */
-  async save(vm: VmConfig): Promise<VmState> {
-    const r = this.requireRunning(vm, "Running", "Paused");
-    const files = r.files;
-    const tmp = `${files.savedState}.partial`;
-    const sock = join(r.record.runDir, "save.sock");
-    r.intent = "save";
-    this.setState(r, "Saving");
-    await r.qmp.execute("stop");
+  private async migrateToFile(r: Running, file: string): Promise<void> {
+    const tmp = `${file}.partial`;
+    const sock = r.run.migrationSocket;
+    await unlink(sock).catch(() => undefined);
+    await rm(tmp, { force: true });
     const out = createWriteStream(tmp, { mode: 0o600 });
     let received: Promise<void> = Promise.resolve();
     const server = createServer((conn) => {
@@ -554,50 +674,97 @@ export class Supervisor extends EventEmitter {
     });
     await new Promise<void>((resolve, reject) => server.listen(sock, resolve).once("error", reject));
     try {
-      await r.qmp.execute("migrate-set-parameters", { "max-bandwidth": 10 * 1024 * 1024 * 1024 });
-      await r.qmp.execute("migrate", { uri: `unix:${sock}` });
-      const status = await this.waitMigration(r.qmp, 600_000);
-      if (status !== "completed") throw new Error(`migration ${status}`);
+      await r.mon.migrateSetParameters({ "max-bandwidth": 10 * 1024 * 1024 * 1024 });
+      await r.mon.migrate(`unix:${sock}`);
+      const info = await this.waitMigration(r.mon, 600_000);
+      if (info.status !== "completed") throw new Error(`migration ${info.status ?? "failed"}${info["error-desc"] ? `: ${info["error-desc"]}` : ""}`);
       await received;
       const fh = await open(tmp, "r+");
       await fh.sync();
       await fh.close();
-      await rename(tmp, files.savedState);
+      await rename(tmp, file);
     } catch (err) {
-      server.close();
+      out.destroy();
       await rm(tmp, { force: true });
-      r.intent = undefined;
-      await r.qmp.execute("cont").catch(() => undefined);
-      this.setState(r, "Running");
-      throw new VmhostError("save-failed", `saving the state failed: ${(err as Error).message}; the VM keeps running`, 500);
+      throw err;
+    } finally {
+      server.close();
+      await unlink(sock).catch(() => undefined);
     }
-    server.close();
-    await this.event(vm.name, "saved", "state saved");
-    await r.qmp.execute("quit", undefined, 3000).catch(() => undefined);
+  }
+
+  /**
+   * Save (Save-VM): pause, stream the machine state to the VM's saved-state file, then stop QEMU.
+   * The next start restores it. A save either completes or the guest runs again (also after a
+   * service killed half way: finishInterrupted).
+   */
+  async save(vm: VmRef): Promise<VmState> {
+    const r = this.requireRunning(vm, "Running", "Paused");
+    const wasRunning = r.state === "Running";
+    r.intent = "save";
+    await this.setOperation(r, { kind: "save", since: new Date().toISOString(), wasRunning });
+    this.setState(r, "Saving");
+    try {
+      await r.mon.stop();
+      await this.migrateToFile(r, r.home.savedState);
+    } catch (err) {
+      r.intent = undefined;
+      if (wasRunning) await this.resumeAfterMigration(r).catch(() => undefined);
+      await this.clearOperation(r).catch(() => undefined);
+      this.setState(r, wasRunning ? "Running" : "Paused");
+      throw new VmhostError("save-failed", `saving the state failed: ${(err as Error).message}; the VM keeps ${wasRunning ? "running" : "paused"}`, 500);
+    }
+    await this.event(vm, "saved", "state saved");
+    await r.mon.quit().catch(() => undefined);
     await Promise.race([r.gone, sleep(10_000)]);
     if (this.running.has(vm.id)) await this.killHard(r);
     return "Saved";
   }
 
-  private async waitMigration(qmp: QmpClient, timeoutMs: number): Promise<string> {
-    const deadline = Date.now() + timeoutMs;
-    while (Date.now() < deadline) {
-      const m = await qmp.execute<{ status?: string }>("query-migrate");
-      const s = m.status ?? "none";
-      if (["completed", "failed", "cancelled"].includes(s)) return s;
-      await sleep(20);
+  /**
+   * The guest paused for `fn` (a checkpoint's disk snapshot and NVRAM copy), then, when
+   * `stateFile` is given, its machine state streamed to that file; then the guest runs again if
+   * it ran before. Returns fn's result and how long the guest was paused (ms). A service killed
+   * meanwhile undoes the capture when it adopts the QEMU again.
+   */
+  async withGuestPaused<T>(vm: VmRef, fn: (mon: QemuMonitor) => Promise<T>, stateFile?: string): Promise<{ result: T; pausedMs: number }> {
+    const r = this.requireRunning(vm, "Running", "Paused");
+    const wasRunning = r.state === "Running";
+    await this.setOperation(r, { kind: "capture", since: new Date().toISOString(), wasRunning, ...(stateFile ? { file: stateFile } : {}) });
+    const t0 = performance.now();
+    if (wasRunning) await r.mon.stop();
+    let result: T;
+    try {
+      result = await fn(r.mon);
+      if (stateFile) await this.migrateToFile(r, stateFile);
+    } finally {
+      if (wasRunning) await this.resumeAfterMigration(r).catch(() => undefined);
+      await this.clearOperation(r).catch(() => undefined);
     }
-    return "timed out";
+    const pausedMs = performance.now() - t0;
+    this.setState(r, wasRunning ? "Running" : "Paused");
+    return { result, pausedMs };
   }
 
-  private async restoreState(r: Running, files: VmFiles): Promise<void> {
-    const sock = join(r.record.runDir, "restore.sock");
-    await r.qmp.execute("migrate-incoming", { uri: `unix:${sock}` });
+  private async waitMigration(mon: QemuMonitor, timeoutMs: number) {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const m = await mon.queryMigrate();
+      if (m.status === "completed" || m.status === "failed" || m.status === "cancelled") return m;
+      if (Date.now() > deadline) return { ...m, status: "failed" as const, "error-desc": "timed out" };
+      await sleep(5);
+    }
+  }
+
+  private async restoreState(r: Running, file: string, paused: boolean): Promise<void> {
+    const sock = r.run.incomingSocket;
+    await unlink(sock).catch(() => undefined);
+    await r.mon.migrateIncoming(`unix:${sock}`);
     await new Promise<void>((resolve, reject) => {
       const conn = createConnection(sock);
       conn.once("error", reject);
       conn.once("connect", () => {
-        const input = createReadStream(files.savedState);
+        const input = createReadStream(file);
         input.once("error", reject);
         input.pipe(conn);
         conn.once("close", () => resolve());
@@ -605,86 +772,104 @@ export class Supervisor extends EventEmitter {
     });
     const deadline = Date.now() + 600_000;
     for (;;) {
-      const s = await r.qmp.execute<{ status: string }>("query-status");
+      const s = await r.mon.queryStatus();
       if (s.status !== "inmigrate") break;
       if (Date.now() > deadline) throw new Error("the state did not load in time");
       await sleep(20);
     }
-    const s = await r.qmp.execute<{ status: string }>("query-status");
-    if (s.status === "paused" || s.status === "postmigrate" || s.status === "prelaunch") await r.qmp.execute("cont");
-    await rm(files.savedState, { force: true });
-    this.setState(r, "Running");
-    await this.event(r.name, "restored", "saved state restored");
+    const s = (await r.mon.queryStatus()).status;
+    if (s !== "paused" && s !== "postmigrate" && s !== "prelaunch" && s !== "running") throw new Error(`QEMU is ${s} after loading the state`);
+    if (!paused && s !== "running") await r.mon.cont();
+    this.setState(r, paused ? "Paused" : "Running");
   }
 
   // ---- devices on a running VM ----------------------------------------------------------
 
-  async hotAddDisk(vm: VmConfig, disk: HardDisk): Promise<void> {
+  async hotAddDisk(vm: VmRef, disk: HardDisk): Promise<void> {
     const r = this.requireRunning(vm, "Running", "Paused");
     const node = QEMU_IDS.diskNode(disk.controllerType, disk.controllerNumber, disk.controllerLocation);
-    await r.qmp.execute("blockdev-add", JSON.parse(diskBlockdev(disk)) as Record<string, unknown>);
+    await r.mon.blockdevAdd(diskBlockdev(disk));
     try {
-      await r.qmp.execute("device_add", storageDevice(disk, "hd", true));
+      await r.mon.deviceAdd(storageDevice(disk, "hd", true));
     } catch (err) {
-      await r.qmp.execute("blockdev-del", { "node-name": node }).catch(() => undefined);
+      await r.mon.blockdevDel(node).catch(() => undefined);
       throw new VmhostError("hotplug-failed", `adding the disk failed: ${(err as Error).message}`, 500);
     }
   }
 
-  async hotRemoveDisk(vm: VmConfig, disk: HardDisk): Promise<void> {
+  async hotRemoveDisk(vm: VmRef, disk: HardDisk): Promise<void> {
     const r = this.requireRunning(vm, "Running", "Paused");
     const id = QEMU_IDS.disk(disk.controllerType, disk.controllerNumber, disk.controllerLocation);
-    const deleted = new Promise<void>((resolve) => {
-      const onEv = (ev: QmpEvent) => {
-        if (ev.event === "DEVICE_DELETED" && ev.data?.["device"] === id) {
-          r.qmp.off("event", onEv);
-          resolve();
-        }
-      };
-      r.qmp.on("event", onEv);
-    });
-    await r.qmp.execute("device_del", { id });
-    await Promise.race([deleted, sleep(10_000)]);
-    await r.qmp.execute("blockdev-del", { "node-name": QEMU_IDS.diskNode(disk.controllerType, disk.controllerNumber, disk.controllerLocation) });
+    const deleted = r.mon.waitForEvent("DEVICE_DELETED", (d) => d.device === id, 10_000).catch(() => undefined);
+    await r.mon.deviceDel(id);
+    await deleted;
+    await r.mon.blockdevDel(QEMU_IDS.diskNode(disk.controllerType, disk.controllerNumber, disk.controllerLocation));
   }
 
   /** Media change in a DVD or floppy drive of a running VM. */
   async changeMedium(
-    vm: VmConfig,
+    vm: VmRef,
     drive: { kind: "floppy" } | { kind: "dvd"; controllerType: "IDE" | "SCSI"; controllerNumber: number; controllerLocation: number },
     path: string | null,
   ): Promise<void> {
     const r = this.requireRunning(vm, "Running", "Paused");
     const id = drive.kind === "floppy" ? "fd0" : QEMU_IDS.disk(drive.controllerType, drive.controllerNumber, drive.controllerLocation);
-    if (path === null) await r.qmp.execute("eject", { id, force: true });
-    else
-      await r.qmp.execute("blockdev-change-medium", {
-        id,
-        filename: path,
-        format: "raw",
-        "read-only-mode": drive.kind === "dvd" ? "read-only" : "retain",
-      });
+    if (path === null) await r.mon.eject(id, true);
+    else await r.mon.blockdevChangeMedium(id, path, "raw", drive.kind === "dvd" ? "read-only" : "retain");
   }
 
-
-  /** Only for tests and benchmarks: the QMP connection of a running VM. */
-  qmpOf(vm: VmConfig): QmpClient | undefined {
-    return this.running.get(vm.id)?.qmp;
+  /** The monitor of a running VM, for the engine-level work of checkpoints and migration (and tests). */
+  monitorOf(vm: { id: string }): QemuMonitor | undefined {
+    return this.running.get(vm.id)?.mon;
   }
 
   /** Seconds since the console last printed anything (for stall detection), or undefined when off. */
-  consoleQuietSeconds(vm: VmConfig): number | undefined {
+  consoleQuietSeconds(vm: { id: string }): number | undefined {
     const r = this.running.get(vm.id);
     return r ? (Date.now() - r.console.lastOutputAt) / 1000 : undefined;
   }
 
   /** What the console printed after its last newline (a prompt), or undefined when off. */
-  consolePending(vm: VmConfig): string | undefined {
+  consolePending(vm: { id: string }): string | undefined {
     return this.running.get(vm.id)?.console.pendingText();
   }
 
   runningPids(): number[] {
     return [...this.running.values()].map((r) => r.record.pid);
   }
+
+  /** Ids of the VMs whose QEMU is supervised now. */
+  runningIds(): string[] {
+    return [...this.running.keys()];
+  }
 }
 
+/** Hyper-V's state for a QEMU run state. */
+export function stateOf(s: QemuRunState): VmState {
+  switch (s) {
+    case "running":
+      return "Running";
+    case "paused":
+    case "suspended":
+    case "postmigrate":
+    case "io-error":
+    case "guest-panicked":
+    case "internal-error":
+      return "Paused";
+    case "inmigrate":
+    case "prelaunch":
+    case "restore-vm":
+      return "Starting";
+    case "finish-migrate":
+    case "save-vm":
+      return "Saving";
+    case "shutdown":
+      return "Stopping";
+    default:
+      return "Running";
+  }
+}
+
+function readFileText(path: string): Promise<string> {
+  return readFile(path, "utf8").catch(() => "");
+}

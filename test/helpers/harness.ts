@@ -81,12 +81,30 @@ export class TestHost {
     return (await this.json<{ state: string }>(["show", name])).state;
   }
 
-  consoleFile(name: string): string {
-    return join(this.home, "vms", name, "console.log");
+  private readonly consoleFiles = new Map<string, string>();
+
+  /** The VM's console log, as `show` names it (VM folders are keyed by id); remembered per name. */
+  async consoleFile(name: string): Promise<string> {
+    let file = this.consoleFiles.get(name);
+    if (!file) {
+      file = (await this.json<{ paths: { console: string } }>(["show", name])).paths.console;
+      this.consoleFiles.set(name, file);
+    }
+    return file;
+  }
+
+  /** The pid of the running vmhostd (its lock file holds it). */
+  async servicePid(): Promise<number> {
+    return Number((await readFile(join(this.home, "host", "vmhostd.lock"), "utf8")).trim());
+  }
+
+  /** Forget what was remembered of a VM (after it was removed or renamed). */
+  forget(name: string): void {
+    this.consoleFiles.delete(name);
   }
 
   async consoleText(name: string): Promise<string> {
-    return (await readFile(this.consoleFile(name)).catch(() => Buffer.alloc(0))).toString("utf8");
+    return (await readFile(await this.consoleFile(name)).catch(() => Buffer.alloc(0))).toString("utf8");
   }
 
   /** Wait until the console (from byte `from` on) matches; returns the text. */

@@ -3,7 +3,7 @@ import type { VmConfig } from "../../src/model/index.js";
 /** A valid generation 2 VM to vary in unit tests. */
 export function sampleVm(over: Partial<VmConfig> = {}): VmConfig {
   return {
-    formatVersion: 1,
+    formatVersion: 2,
     name: "a",
     id: "0b6f2a7e-4c1d-4a57-9b0e-2f8f1e6d2a11",
     generation: 2,
@@ -21,6 +21,8 @@ export function sampleVm(over: Partial<VmConfig> = {}): VmConfig {
       pauseAfterBootFailure: false,
       startupOrder: ["CD", "IDE", "LegacyNetworkAdapter", "Floppy"],
     },
+    checkpointType: "Production",
+    display: false,
     ...over,
   };
 }

@@ -115,8 +115,7 @@ test("save writes the state and stops QEMU; start restores the running guest wit
 
 test("vmhostd is killed; the VM keeps running and the restarted service adopts it, console capture included", { timeout: 120_000 }, async () => {
   const shown = await host.json<{ pid: number }>(["show", VM]);
-  const pidFile = `${host.home}/run/vmhostd.pid`;
-  const daemonPid = Number((await readFile(pidFile, "utf8")).trim());
+  const daemonPid = await host.servicePid();
   process.kill(daemonPid, "SIGKILL");
   await sleep(500);
   // A zombie counts as dead: nobody may reap it in a container whose init does not.
@@ -125,7 +124,7 @@ test("vmhostd is killed; the VM keeps running and the restarted service adopts i
   const after = await host.json<{ state: string; pid: number }>(["show", VM]); // starts a new service
   assert.equal(after.state, "Running");
   assert.equal(after.pid, shown.pid);
-  const newDaemon = Number((await readFile(pidFile, "utf8")).trim());
+  const newDaemon = await host.servicePid();
   assert.notEqual(newDaemon, daemonPid);
   await host.run(VM, "echo adopted-$((3*3))", /adopted-9/);
   const events = await host.json<{ type: string }[]>(["events", VM]);

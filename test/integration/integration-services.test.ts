@@ -323,7 +323,7 @@ test("VSS thaw safety: vmhostd's own timer thaws a forgotten freeze", { timeout:
 test("VSS thaw safety: the freezer (vmhostd) is killed while frozen; the guest watchdog thaws in bounded time", { timeout: 180_000 }, async () => {
   await host.ok(["vss", "freeze", VM, "--timeout", "10"]);
   const frozenAt = Date.now();
-  const pid = Number((await readFile(join(host.home, "run", "vmhostd.pid"), "utf8")).trim());
+  const pid = await host.servicePid();
   process.kill(pid, "SIGKILL");
   const from = (await host.consoleText(VM)).length;
   // No vmhost command until the guest has thawed itself (a new vmhostd would thaw it on contact).

@@ -20,7 +20,7 @@ test("gen2 argv: q35, OVMF code read-only + own NVRAM, no PIT/SATA, virtio-scsi,
   const vm = sampleVm({
     hardDisks: [{ controllerType: "SCSI", controllerNumber: 0, controllerLocation: 0, path: "/d/boot,1.qcow2", format: "qcow2" }],
     dvdDrives: [{ controllerType: "SCSI", controllerNumber: 0, controllerLocation: 1, path: "/iso/x.iso" }],
-    networkAdapters: [{ name: "Network Adapter", type: "Synthetic", macAddress: "00:15:5D:AA:BB:CC", dynamicMac: true, switchName: "Default Switch" }],
+    networkAdapters: [{ name: "Network Adapter", type: "Synthetic", macAddress: "00:15:5D:AA:BB:CC", dynamicMac: true, switchName: "Default Switch", pciSlot: 8 }],
   });
   const a = buildArgv(vm, paths, { accel: "tcg", uefiCode: "/usr/share/OVMF/OVMF_CODE_4M.fd" });
   assert.equal(a.join(" ").includes("bootindex"), false);
@@ -37,7 +37,7 @@ test("gen2 argv: q35, OVMF code read-only + own NVRAM, no PIT/SATA, virtio-scsi,
   assert.ok(devices.includes("virtio-scsi-pci,id=scsi0,addr=0x3"));
   assert.ok(devices.includes("scsi-hd,id=scsi0-0,drive=drive-scsi0-0,bus=scsi0.0,scsi-id=0,lun=0"));
   assert.ok(devices.includes("scsi-cd,id=scsi0-1,drive=drive-scsi0-1,bus=scsi0.0,scsi-id=0,lun=1"));
-  assert.ok(devices.includes("virtio-net-pci,id=nic0,netdev=net0,mac=00:15:5d:aa:bb:cc,addr=0x8,romfile="));
+  assert.ok(devices.includes("virtio-net-pci,id=nic8,netdev=net8,mac=00:15:5d:aa:bb:cc,addr=0x8,romfile="));
   assert.equal(devices.some((d) => /^ide-|^e1000/.test(d)), false);
   assert.ok(opt(a, "-chardev").some((c) => c.includes("logfile=/var/lib/vmhost/vms/a/console.log,logappend=on")));
   assert.ok(devices.includes("virtserialport,bus=vser0.0,chardev=agent0,name=org.qemu.guest_agent.0"));
@@ -49,8 +49,8 @@ test("gen1 argv: pc machine with its PIT, SeaBIOS, IDE, e1000 legacy adapter, st
     hardDisks: [{ controllerType: "IDE", controllerNumber: 0, controllerLocation: 0, path: "/d/boot.vhdx", format: "vhdx" }],
     dvdDrives: [{ controllerType: "IDE", controllerNumber: 1, controllerLocation: 0, path: null }],
     networkAdapters: [
-      { name: "Network Adapter", type: "Synthetic", macAddress: "00:15:5D:00:00:01", dynamicMac: true, switchName: "Default Switch" },
-      { name: "Legacy Network Adapter", type: "Legacy", macAddress: "00:15:5D:00:00:02", dynamicMac: true, switchName: "Default Switch" },
+      { name: "Network Adapter", type: "Synthetic", macAddress: "00:15:5D:00:00:01", dynamicMac: true, switchName: "Default Switch", pciSlot: 8 },
+      { name: "Legacy Network Adapter", type: "Legacy", macAddress: "00:15:5D:00:00:02", dynamicMac: true, switchName: "Default Switch", pciSlot: 11 },
     ],
   });
   const a = buildArgv(vm, { ...paths, nvram: undefined }, { accel: "tcg" });
@@ -61,8 +61,8 @@ test("gen1 argv: pc machine with its PIT, SeaBIOS, IDE, e1000 legacy adapter, st
   // Hyper-V's default Gen1 startup order: CD, IDE, legacy network adapter.
   assert.ok(devices.includes("ide-cd,id=ide1-0,bus=ide.1,unit=0,bootindex=1"));
   assert.ok(devices.includes("ide-hd,id=ide0-0,drive=drive-ide0-0,bus=ide.0,unit=0,bootindex=2"));
-  assert.ok(devices.includes("e1000,id=nic1,netdev=net1,mac=00:15:5d:00:00:02,addr=0x9,bootindex=3"));
-  assert.ok(devices.includes("virtio-net-pci,id=nic0,netdev=net0,mac=00:15:5d:00:00:01,addr=0x8,romfile="));
+  assert.ok(devices.includes("e1000,id=nic11,netdev=net11,mac=00:15:5d:00:00:02,addr=0xb,bootindex=3"));
+  assert.ok(devices.includes("virtio-net-pci,id=nic8,netdev=net8,mac=00:15:5d:00:00:01,addr=0x8,romfile="));
   const vm2 = { ...vm, firmware: { ...vm.firmware, startupOrder: ["LegacyNetworkAdapter" as const, "IDE" as const, "CD" as const] } };
   const d2 = opt(buildArgv(vm2, paths, { accel: "kvm" }), "-device");
   assert.ok(d2.some((d) => d.startsWith("e1000") && d.endsWith("bootindex=1")));

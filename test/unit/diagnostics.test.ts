@@ -21,7 +21,8 @@ import {
   type DiagnosticsHost,
   type VmFacts,
 } from "../../src/supervisor/diagnostics/index.js";
-import { vmFiles } from "../../src/supervisor/records.js";
+import { RunPaths, VmHome } from "../../src/home/vm-home.js";
+import type { SupervisorEvents, VmRef } from "../../src/supervisor/supervisor.js";
 import { buildArgv } from "../../src/engine/qemu/argv.js";
 import { sampleVm } from "../helpers/sample-vm.js";
 import type { VmConfig, VmState } from "../../src/model/schema.js";
@@ -417,7 +418,7 @@ describe("boot diagnostics: stalls (fake clock)", () => {
 });
 
 /** The supervisor's side, faked: its events and the few calls the watcher makes. */
-class FakeHost extends EventEmitter implements DiagnosticsHost {
+class FakeHost extends EventEmitter<SupervisorEvents> implements DiagnosticsHost {
   quiet = 0;
   pending = "";
   state: VmState = "Running";
@@ -425,10 +426,10 @@ class FakeHost extends EventEmitter implements DiagnosticsHost {
   constructor(readonly dir: string) {
     super();
   }
-  files(name: string) {
-    return vmFiles(join(this.dir, name));
+  home(vm: { id: string }) {
+    return new VmHome(this.dir, join(this.dir, "run"), join(this.dir, "disks"), vm.id);
   }
-  async event(_vm: string, type: string, message: string, data?: Record<string, unknown>): Promise<void> {
+  async event(_vm: VmRef, type: string, message: string, data?: Record<string, unknown>): Promise<void> {
     this.events.push({ type, message, ...(data ? { data } : {}) });
   }
   stateOf(): VmState {
@@ -444,7 +445,10 @@ class FakeHost extends EventEmitter implements DiagnosticsHost {
 
 /** The seed-000 guest: OmniOS as a 1-vCPU Gen1 VM. */
 function vmConfig(over: Partial<VmConfig> = {}): VmConfig {
-  return sampleVm({ name: "omnios", generation: 1, memoryMiB: 2048, ...over });
+  const name = over.name ?? "omnios";
+  // One id per name, so a VM given again by name is the same VM.
+  const hex = Buffer.from(name.padEnd(12, "_").slice(0, 12)).toString("hex").slice(0, 12);
+  return sampleVm({ name, id: `00000000-0000-4000-8000-${hex}`, generation: 1, memoryMiB: 2048, ...over });
 }
 
 describe("boot diagnostics: the per-VM watcher", () => {
@@ -453,19 +457,19 @@ describe("boot diagnostics: the per-VM watcher", () => {
     try {
       const host = new FakeHost(home);
       const vm = vmConfig();
-      const files = host.files(vm.name);
+      const files = host.home(vm);
       await import("node:fs/promises").then((fs) => fs.mkdir(files.dir, { recursive: true }));
       await writeFile(files.runtime, JSON.stringify({ pid: 1, startTime: 1, startedAt: "2026-11-21T10:00:00.000Z", runDir: "/run/x", accel: "tcg" }));
       const diag = new BootDiagnostics(host, { stallSeconds: 60, tickMs: 3_600_000, now: () => new Date("2026-11-21T10:05:00Z") });
-      host.emit("attached", vm, "/run/x");
-      for (const l of await lines("omnios-gen1-configuring-devices")) host.emit("console-line", vm.name, l);
+      host.emit("attached", vm, new RunPaths("/run/x"));
+      for (const l of await lines("omnios-gen1-configuring-devices")) host.emit("console-line", vm, l);
       host.quiet = 30;
       diag.tick();
-      assert.equal(diag.current(vm.name), null);
+      assert.equal(diag.current(vm.id), null);
       host.quiet = 61;
       diag.tick();
-      await diag.settled(vm.name);
-      const rec = await readDiagnosisRecord(files.dir);
+      await diag.settled(vm.id);
+      const rec = await readDiagnosisRecord(files.diagnosis);
       assert.equal(rec?.startedAt, "2026-11-21T10:00:00.000Z");
       assert.equal(rec?.diagnosis?.id, "illumos-configuring-devices-stall");
       assert.equal(host.events.length, 1);
@@ -473,29 +477,29 @@ describe("boot diagnostics: the per-VM watcher", () => {
       assert.match(host.events[0]!.message, /boot stalled after: Configuring devices\..*vmhost set omnios --cpus 2/);
 
       // The VM goes off: the diagnosis stays for `show`.
-      host.emit("detached", vm.name, vm.id);
-      assert.equal((await readDiagnosis(files.dir))?.id, "illumos-configuring-devices-stall");
+      host.emit("detached", vm);
+      assert.equal((await readDiagnosis(files.diagnosis))?.id, "illumos-configuring-devices-stall");
 
       // A restarted service adopts the same run: the diagnosis is kept, not made again.
       diag.close();
       const adopted = new BootDiagnostics(host, { stallSeconds: 60, tickMs: 3_600_000 });
-      host.emit("attached", vm, "/run/x");
-      await adopted.settled(vm.name);
-      assert.equal(adopted.current(vm.name)?.id, "illumos-configuring-devices-stall");
-      host.emit("detached", vm.name, vm.id);
+      host.emit("attached", vm, new RunPaths("/run/x"));
+      await adopted.settled(vm.id);
+      assert.equal(adopted.current(vm.id)?.id, "illumos-configuring-devices-stall");
+      host.emit("detached", vm);
 
       // The next start (a new startedAt) clears it; with two vCPUs the boot goes on.
       await writeFile(files.runtime, JSON.stringify({ pid: 2, startTime: 2, startedAt: "2026-11-21T11:00:00.000Z", runDir: "/run/x", accel: "tcg" }));
-      host.emit("attached", vmConfig({ processorCount: 2 }), "/run/x");
-      await adopted.settled(vm.name);
-      assert.equal(await readDiagnosis(files.dir), null);
-      host.emit("console-line", vm.name, "Configuring devices.");
-      host.emit("console-line", vm.name, "Hostname: omnios");
+      host.emit("attached", vmConfig({ processorCount: 2 }), new RunPaths("/run/x"));
+      await adopted.settled(vm.id);
+      assert.equal(await readDiagnosis(files.diagnosis), null);
+      host.emit("console-line", vm, "Configuring devices.");
+      host.emit("console-line", vm, "Hostname: omnios");
       host.pending = "omnios console login: ";
       host.quiet = 1000;
       adopted.tick();
-      await adopted.settled(vm.name);
-      assert.equal(await readDiagnosis(files.dir), null);
+      await adopted.settled(vm.id);
+      assert.equal(await readDiagnosis(files.diagnosis), null);
       adopted.close();
     } finally {
       await rm(home, { recursive: true, force: true });
@@ -507,12 +511,12 @@ describe("boot diagnostics: the per-VM watcher", () => {
     try {
       const host = new FakeHost(home);
       const vm = vmConfig({ name: "g2", generation: 2 });
-      await import("node:fs/promises").then((fs) => fs.mkdir(host.files("g2").dir, { recursive: true }));
+      await import("node:fs/promises").then((fs) => fs.mkdir(host.home(vm).dir, { recursive: true }));
       const diag = new BootDiagnostics(host, { stallSeconds: 60, tickMs: 3_600_000 });
-      host.emit("attached", vm, "/run/y");
-      for (const l of await lines("uefi-secureboot-unsigned")) host.emit("console-line", "g2", l);
-      await diag.settled("g2");
-      const d = await readDiagnosis(host.files("g2").dir);
+      host.emit("attached", vm, new RunPaths("/run/y"));
+      for (const l of await lines("uefi-secureboot-unsigned")) host.emit("console-line", vm, l);
+      await diag.settled(vm.id);
+      const d = await readDiagnosis(host.home(vm).diagnosis);
       assert.equal(d?.id, "secure-boot-refused");
       const ev = host.events.filter((e) => e.type === "diagnosis");
       assert.equal(ev.length, 1);
@@ -520,35 +524,35 @@ describe("boot diagnostics: the per-VM watcher", () => {
 
       // An unterminated line is looked at on the tick.
       const pxe = vmConfig({ name: "pxe", generation: 2 });
-      host.emit("attached", pxe, "/run/p");
+      host.emit("attached", pxe, new RunPaths("/run/p"));
       host.pending = ">>Start PXE over IPv4.";
       diag.tick();
-      await diag.settled("pxe");
-      assert.equal(diag.current("pxe")?.id, "uefi-network-boot-no-disk");
+      await diag.settled(pxe.id);
+      assert.equal(diag.current(pxe.id)?.id, "uefi-network-boot-no-disk");
       host.pending = "";
-      host.emit("detached", "pxe", pxe.id);
+      host.emit("detached", pxe);
 
       // A VM restored from saved state (or adopted) was not watched from its boot: no stall.
       const restored = vmConfig({ name: "restored", generation: 1 });
-      host.emit("attached", restored, "/run/r");
-      host.emit("vm-event", { at: "", vm: "restored", type: "restored", message: "saved state restored" });
-      host.emit("console-line", "restored", "random: crng init done");
+      host.emit("attached", restored, new RunPaths("/run/r"));
+      host.emit("vm-event", { at: "", vmId: restored.id, vm: "restored", type: "restored", message: "saved state restored" });
+      host.emit("console-line", restored, "random: crng init done");
       host.quiet = 1000;
       diag.tick();
-      assert.equal(diag.current("restored"), null);
-      host.emit("qmp-event", "restored", { event: "RESET", data: { guest: true } });
-      host.emit("console-line", "restored", "Loading, please wait...");
+      assert.equal(diag.current(restored.id), null);
+      host.emit("qmp-event", restored, { event: "RESET", data: { guest: true } });
+      host.emit("console-line", restored, "Loading, please wait...");
       diag.tick();
-      assert.equal(diag.current("restored")?.id, "boot-stalled");
+      assert.equal(diag.current(restored.id)?.id, "boot-stalled");
       host.quiet = 0;
 
       const other = vmConfig({ name: "paused", generation: 1 });
-      host.emit("attached", other, "/run/z");
-      host.emit("console-line", "paused", "Loading...");
+      host.emit("attached", other, new RunPaths("/run/z"));
+      host.emit("console-line", other, "Loading...");
       host.state = "Paused";
       host.quiet = 1000;
       diag.tick();
-      assert.equal(diag.current("paused"), null);
+      assert.equal(diag.current(other.id), null);
       diag.close();
     } finally {
       await rm(home, { recursive: true, force: true });
@@ -559,7 +563,7 @@ describe("boot diagnostics: the per-VM watcher", () => {
     const dir = await mkdtemp(join(tmpdir(), "vmhost-diag-"));
     try {
       await writeFile(join(dir, "diagnosis.json"), "{ torn");
-      const d = await readDiagnosis(dir);
+      const d = await readDiagnosis(join(dir, "diagnosis.json"));
       assert.equal(d?.id, "diagnosis-record-damaged");
       assert.ok(d?.title.includes(join(dir, "diagnosis.json")));
     } finally {

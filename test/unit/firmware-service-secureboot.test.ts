@@ -63,7 +63,7 @@ test("OVMF's console line for a failed boot attempt is parsed into entry, phase 
 test("PreferredNetworkBootProtocol becomes OVMF's fw_cfg switches; a VM's boot payload is served on the Default Switch", () => {
   const vm = sampleVm({
     generation: 2,
-    networkAdapters: [{ name: "Network Adapter", type: "Synthetic", macAddress: "00:15:5D:00:00:01", dynamicMac: false, switchName: "Default Switch" }],
+    networkAdapters: [{ name: "Network Adapter", type: "Synthetic", macAddress: "00:15:5D:00:00:01", dynamicMac: false, switchName: "Default Switch", pciSlot: 8 }],
   });
   assert.deepEqual(ovmfFwCfg(vm), {
     "opt/org.tianocore/IPv4PXESupport": "yes",
@@ -78,6 +78,6 @@ test("PreferredNetworkBootProtocol becomes OVMF's fw_cfg switches; a VM's boot p
     uefiCode: "code.fd",
   });
   assert.ok(argv.includes("name=opt/org.tianocore/IPv6PXESupport,string=yes"));
-  assert.ok(argv.some((x) => x.startsWith("user,id=net0,tftp=/srv/boot,bootfile=bootx64.efi")));
+  assert.ok(argv.some((x) => x.startsWith("user,id=net8,tftp=/srv/boot,bootfile=bootx64.efi")));
   assert.deepEqual(ovmfFwCfg(sampleVm({ generation: 1 })), {});
 });

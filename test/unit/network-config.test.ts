@@ -145,10 +145,10 @@ test("MACs: the pool hands out 00:15:5D addresses never twice, across restarts; 
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
-  const nic = (mac: string, switchName: string) => ({ name: "n", type: "Synthetic" as const, macAddress: mac, dynamicMac: false, switchName });
+  const nic = (mac: string, switchName: string) => ({ name: "n", type: "Synthetic" as const, macAddress: mac, dynamicMac: false, switchName, pciSlot: 8 });
   const vm = (name: string, id: string, nics: ReturnType<typeof nic>[]): VmConfig =>
     ({
-      formatVersion: 1, name, id, generation: 2, processorCount: 1, memoryMiB: 512, notes: "", createdAt: "x", hardDisks: [], dvdDrives: [], networkAdapters: nics,
+      formatVersion: 2, checkpointType: "Production", display: false, name, id, generation: 2, processorCount: 1, memoryMiB: 512, notes: "", createdAt: "x", hardDisks: [], dvdDrives: [], networkAdapters: nics,
       firmware: { secureBoot: false, secureBootTemplate: "MicrosoftUEFICertificateAuthority", preferredNetworkBootProtocol: "IPv4", pauseAfterBootFailure: false, startupOrder: [] },
     }) as VmConfig;
   const host = { logicalProcessors: 2, memoryMiB: 4096 };

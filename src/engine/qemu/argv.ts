@@ -1,6 +1,7 @@
 import type { HardDisk, VmConfig, DvdDrive, NetworkAdapter } from "../../model/schema.js";
 import { ovmfFwCfg } from "./fwcfg.js";
 import { PCI_SLOTS, QEMU_IDS } from "./layout.js";
+import type { BlockdevOptions, DeviceProps } from "./monitor.js";
 
 /** Where this VM's QEMU talks to vmhost; chosen by the supervisor. */
 export interface RuntimePaths {
@@ -11,6 +12,8 @@ export interface RuntimePaths {
   pidFile: string;
   /** Gen2: this VM's own copy of the UEFI variable store. */
   nvram?: string;
+  /** A graphical console: QEMU's VNC server on this unix socket (vmhostd proxies it after authentication). */
+  vncSocket?: string;
   /**
    * Gen1: a file holding the serial port's I/O address (0x3f8, little-endian) for fw_cfg
    * etc/sercon-port, so SeaBIOS prints on the console ("No bootable device.") as on a screen.
@@ -42,27 +45,22 @@ export function optValue(v: string): string {
   return v.replaceAll(",", ",,");
 }
 
-function blockdevJson(nodeName: string, path: string, format: string, readOnly: boolean): string {
-  return JSON.stringify({
-    driver: format,
-    "node-name": nodeName,
-    "read-only": readOnly,
-    file: { driver: "file", filename: path, "read-only": readOnly },
-  });
+function blockdev(nodeName: string, path: string, format: "raw" | "qcow2" | "vhdx" | "vpc", readOnly: boolean): BlockdevOptions {
+  return { driver: format, "node-name": nodeName, "read-only": readOnly, file: { driver: "file", filename: path, "read-only": readOnly } };
 }
 
-function qemuFormat(format: string): string {
-  return format === "vhdx" ? "vhdx" : format === "qcow2" ? "qcow2" : "raw";
+/** QEMU's block driver for a disk format: always explicit (never probed); VHD is QEMU's "vpc". */
+export function qemuFormat(format: HardDisk["format"]): "raw" | "qcow2" | "vhdx" | "vpc" {
+  return format === "vhd" ? "vpc" : format;
 }
 
-export function diskBlockdev(d: HardDisk): string {
-  const node = QEMU_IDS.diskNode(d.controllerType, d.controllerNumber, d.controllerLocation);
-  return blockdevJson(node, d.path, qemuFormat(d.format), false);
+/** The block node of a hard disk, for -blockdev and for QMP blockdev-add. */
+export function diskBlockdev(d: HardDisk): BlockdevOptions {
+  return blockdev(QEMU_IDS.diskNode(d.controllerType, d.controllerNumber, d.controllerLocation), d.path, qemuFormat(d.format), false);
 }
 
-export function dvdBlockdev(d: DvdDrive & { path: string }): string {
-  const node = QEMU_IDS.diskNode(d.controllerType, d.controllerNumber, d.controllerLocation);
-  return blockdevJson(node, d.path, "raw", true);
+export function dvdBlockdev(d: DvdDrive & { path: string }): BlockdevOptions {
+  return blockdev(QEMU_IDS.diskNode(d.controllerType, d.controllerNumber, d.controllerLocation), d.path, "raw", true);
 }
 
 /** The `-device` properties of a disk or DVD on its controller, for argv and for QMP device_add. */
@@ -71,9 +69,9 @@ export function storageDevice(
   kind: "hd" | "cd",
   hasMedium: boolean,
   bootindex?: number,
-): Record<string, string | number> {
+): DeviceProps {
   const { controllerType: t, controllerNumber: c, controllerLocation: l } = d;
-  const props: Record<string, string | number> = { driver: t === "IDE" ? `ide-${kind}` : `scsi-${kind}`, id: QEMU_IDS.disk(t, c, l) };
+  const props: DeviceProps = { driver: t === "IDE" ? `ide-${kind}` : `scsi-${kind}`, id: QEMU_IDS.disk(t, c, l) };
   if (hasMedium) props["drive"] = QEMU_IDS.diskNode(t, c, l);
   if (t === "IDE") {
     props["bus"] = `ide.${c}`;
@@ -88,13 +86,13 @@ export function storageDevice(
   return props;
 }
 
-function deviceArg(props: Record<string, string | number>): string {
+function deviceArg(props: Record<string, string | number | boolean>): string {
   const { driver, ...rest } = props;
   return [String(driver), ...Object.entries(rest).map(([k, v]) => `${k}=${typeof v === "string" ? optValue(v) : v}`)].join(",");
 }
 
-function netdevArg(index: number, att: NetAttachment): string {
-  const id = QEMU_IDS.netdev(index);
+function netdevArg(slot: number, att: NetAttachment): string {
+  const id = QEMU_IDS.netdev(slot);
   if (att.kind === "tap") return `tap,id=${id},ifname=${optValue(att.ifname)},script=no,downscript=no`;
   const parts = [`user,id=${id}`];
   if (att.ipv6) parts.push("ipv6=on");
@@ -103,13 +101,13 @@ function netdevArg(index: number, att: NetAttachment): string {
   return parts.join(",");
 }
 
-function nicDevice(vm: VmConfig, nic: NetworkAdapter, index: number, bootindex?: number): string {
-  const props: Record<string, string | number> = {
+function nicDevice(nic: NetworkAdapter, bootindex?: number): string {
+  const props: DeviceProps = {
     driver: nic.type === "Legacy" ? "e1000" : "virtio-net-pci",
-    id: QEMU_IDS.nic(index),
-    netdev: QEMU_IDS.netdev(index),
+    id: QEMU_IDS.nic(nic.pciSlot),
+    netdev: QEMU_IDS.netdev(nic.pciSlot),
     mac: nic.macAddress.toLowerCase(),
-    addr: `0x${PCI_SLOTS.networkAdapter(index).toString(16)}`,
+    addr: `0x${nic.pciSlot.toString(16)}`,
   };
   // Gen2: OVMF's own VirtioNetDxe + PXE stack (not iPXE) makes the PXEv4/PXEv6 entries Hyper-V has.
   // Gen1: the synthetic adapter cannot network-boot (as on Hyper-V); the legacy one keeps iPXE.
@@ -132,9 +130,7 @@ function gen1BootIndexes(vm: VmConfig): Map<string, number> {
         out.set(`disk:IDE:${d.controllerNumber}:${d.controllerLocation}`, next++);
     if (cls === "Floppy" && vm.floppy?.path) out.set("floppy", next++);
     if (cls === "LegacyNetworkAdapter")
-      vm.networkAdapters.forEach((n, i) => {
-        if (n.type === "Legacy") out.set(`nic:${i}`, next++);
-      });
+      for (const n of vm.networkAdapters) if (n.type === "Legacy") out.set(`nic:${n.pciSlot}`, next++);
   }
   return out;
 }
@@ -151,13 +147,18 @@ export function buildArgv(vm: VmConfig, paths: RuntimePaths, opts: EngineOptions
   const gen2 = vm.generation === 2;
   a.push("-name", `guest=${optValue(vm.name)},debug-threads=on`);
   a.push("-uuid", vm.id);
-  a.push("-no-user-config", "-nodefaults", "-display", "none");
+  a.push("-no-user-config", "-nodefaults");
+  if (paths.vncSocket) {
+    // A display: standard VGA plus a USB tablet (absolute pointer) for noVNC; VNC only on a unix socket.
+    a.push("-display", "none", "-vnc", `unix:${optValue(paths.vncSocket)}`, "-device", "VGA,addr=0x7");
+    a.push("-device", "qemu-xhci,id=usb0,addr=0x1e", "-device", "usb-tablet,bus=usb0.0");
+  } else a.push("-display", "none");
   a.push("-msg", "timestamp=on");
   a.push("-pidfile", paths.pidFile);
 
   if (gen2) {
     if (!opts.uefiCode || !paths.nvram) throw new Error("a generation 2 VM needs UEFI code and its NVRAM file");
-    a.push("-blockdev", JSON.stringify({ driver: "file", "node-name": "fw-code-file", filename: opts.uefiCode, "read-only": true }));
+    a.push("-blockdev", JSON.stringify({ driver: "file", "node-name": "fw-code-file", filename: opts.uefiCode, "read-only": true } satisfies BlockdevOptions));
     a.push("-blockdev", JSON.stringify({ driver: "raw", "node-name": "fw-code", file: "fw-code-file", "read-only": true }));
     a.push("-blockdev", JSON.stringify({ driver: "file", "node-name": "fw-vars-file", filename: paths.nvram }));
     a.push("-blockdev", JSON.stringify({ driver: "raw", "node-name": "fw-vars", file: "fw-vars-file" }));
@@ -205,12 +206,12 @@ export function buildArgv(vm: VmConfig, paths: RuntimePaths, opts: EngineOptions
   }
 
   for (const d of vm.hardDisks) {
-    a.push("-blockdev", diskBlockdev(d));
+    a.push("-blockdev", JSON.stringify(diskBlockdev(d)));
     // Keyed by controller type too: a Gen1 VM's SCSI 0:0 is not its IDE 0:0 (which has the bootindex).
     a.push("-device", deviceArg(storageDevice(d, "hd", true, boot.get(`disk:${d.controllerType}:${d.controllerNumber}:${d.controllerLocation}`))));
   }
   for (const d of vm.dvdDrives) {
-    if (d.path) a.push("-blockdev", dvdBlockdev({ ...d, path: d.path }));
+    if (d.path) a.push("-blockdev", JSON.stringify(dvdBlockdev({ ...d, path: d.path })));
     a.push(
       "-device",
       deviceArg(storageDevice(d, "cd", d.path !== null, boot.get(`dvd:${d.controllerNumber}:${d.controllerLocation}`))),
@@ -219,19 +220,19 @@ export function buildArgv(vm: VmConfig, paths: RuntimePaths, opts: EngineOptions
 
   if (vm.floppy && !gen2) {
     // The PC's built-in floppy controller (Hyper-V Gen1 has one virtual floppy drive).
-    if (vm.floppy.path) a.push("-blockdev", blockdevJson("drive-fd0", vm.floppy.path, "raw", false));
-    const fd: Record<string, string | number> = { driver: "floppy", id: "fd0", unit: 0 };
+    if (vm.floppy.path) a.push("-blockdev", JSON.stringify(blockdev("drive-fd0", vm.floppy.path, "raw", false)));
+    const fd: DeviceProps = { driver: "floppy", id: "fd0", unit: 0 };
     if (vm.floppy.path) fd["drive"] = "drive-fd0";
     const bi = boot.get("floppy");
     if (bi !== undefined) fd["bootindex"] = bi;
     a.push("-device", deviceArg(fd));
   }
 
-  vm.networkAdapters.forEach((nic, i) => {
+  for (const nic of vm.networkAdapters) {
     const att = opts.networks?.[nic.name] ?? defaultSwitchAttachment(vm);
-    a.push("-netdev", netdevArg(i, att));
-    a.push("-device", nicDevice(vm, nic, i, boot.get(`nic:${i}`)));
-  });
+    a.push("-netdev", netdevArg(nic.pciSlot, att));
+    a.push("-device", nicDevice(nic, boot.get(`nic:${nic.pciSlot}`)));
+  }
 
   if (opts.incoming) a.push("-incoming", opts.incoming);
   return a;

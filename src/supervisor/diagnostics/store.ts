@@ -1,10 +1,9 @@
 import { readFile } from "node:fs/promises";
-import { join } from "node:path";
 import { z } from "zod";
 import { writeFileAtomic } from "../../util/atomic.js";
 import { Diagnosis } from "./types.js";
 
-/** diagnosis.json beside the VM's status.json: the diagnosis of its last (or current) run. */
+/** The VM's diagnosis.json (VmHome.diagnosis): the diagnosis of its last (or current) run. */
 export const DiagnosisRecord = z
   .object({
     /** startedAt of the run it belongs to (runtime.json); a new start clears it. */
@@ -14,11 +13,8 @@ export const DiagnosisRecord = z
   .strict();
 export type DiagnosisRecord = z.infer<typeof DiagnosisRecord>;
 
-export const diagnosisFile = (vmDir: string): string => join(vmDir, "diagnosis.json");
-
 /** The record, undefined when there is none; a damaged file is an error that names it. */
-export async function readDiagnosisRecord(vmDir: string): Promise<DiagnosisRecord | undefined> {
-  const file = diagnosisFile(vmDir);
+export async function readDiagnosisRecord(file: string): Promise<DiagnosisRecord | undefined> {
   let text: string;
   try {
     text = await readFile(file, "utf8");
@@ -36,22 +32,22 @@ export async function readDiagnosisRecord(vmDir: string): Promise<DiagnosisRecor
 }
 
 /** What `show` prints: the current diagnosis or null; a damaged record becomes a diagnosis that names the file. */
-export async function readDiagnosis(vmDir: string): Promise<Diagnosis | null> {
+export async function readDiagnosis(file: string): Promise<Diagnosis | null> {
   try {
-    return (await readDiagnosisRecord(vmDir))?.diagnosis ?? null;
+    return (await readDiagnosisRecord(file))?.diagnosis ?? null;
   } catch (err) {
     return {
       id: "diagnosis-record-damaged",
       kind: "signature",
       title: (err as Error).message,
       explanation: "vmhost could not read the boot diagnosis it kept for this VM.",
-      fix: `Remove ${diagnosisFile(vmDir)}; the next start makes a new one.`,
+      fix: `Remove ${file}; the next start makes a new one.`,
       at: new Date().toISOString(),
       evidence: [],
     };
   }
 }
 
-export function writeDiagnosisRecord(vmDir: string, r: DiagnosisRecord): Promise<void> {
-  return writeFileAtomic(diagnosisFile(vmDir), JSON.stringify(r, null, 2) + "\n");
+export function writeDiagnosisRecord(file: string, r: DiagnosisRecord): Promise<void> {
+  return writeFileAtomic(file, JSON.stringify(r, null, 2) + "\n", 0o600);
 }

@@ -130,31 +130,73 @@ export class GuestAgent extends EventEmitter implements AgentCaller {
   /**
    * Run one command. Calls are serialised (qemu-ga answers one at a time); the handshake runs
    * first whenever the stream may hold stale data (new connection, or a call that timed out).
-   * The timeout counts from when the command is sent, not while it waits in the queue.
+   *
+   * The timeout (opts.timeoutMs, else defaultTimeoutMs; 2 s for noReplyOnSuccess) is a deadline
+   * counted from when the call is made, queue wait included: behind a silent agent, each queued
+   * call fails at its own deadline instead of after every call ahead of it has timed out in turn
+   * (64 queued 10 s calls used to take 64 x 10 s). A call whose deadline passes while it waits is
+   * never sent. The handshake and the command share what is left of the deadline; only the
+   * silence window of a noReplyOnSuccess command is counted from its sending, because a window
+   * cut short would take a refusal that comes late for an acceptance.
+   * Rejects with GuestAgentUnavailable (timeout, disconnected, protocol, closed, busy) or
+   * GuestAgentError (the agent answered with an error).
    */
   call<S extends z.ZodTypeAny>(command: string, args: Record<string, unknown> | undefined, schema: S, opts: CallOptions = {}): Promise<z.output<S>> {
     if (this.closed) return Promise.reject(new GuestAgentUnavailable(command, "closed", "the guest agent session is closed"));
     if (this.queued >= this.o.maxQueued) {
       return Promise.reject(new GuestAgentUnavailable(command, "busy", `${this.queued} guest agent calls are already waiting`));
     }
+    const timeoutMs = opts.timeoutMs ?? (opts.noReplyOnSuccess ? 2000 : this.o.defaultTimeoutMs);
+    const deadline = Date.now() + timeoutMs;
     this.queued++;
-    const run = async (): Promise<z.output<S>> => {
-      try {
-        if (this.closed) throw new GuestAgentUnavailable(command, "closed", "the guest agent session is closed");
-        const sock = await this.ensureConnected(command);
-        // A guest that never opens its end of the port makes QEMU stop reading: do not pile up requests.
-        if (sock.writableLength > MAX_UNSENT) {
-          throw new GuestAgentUnavailable(command, "busy", "the guest is not reading its agent channel (is the guest agent running?)");
-        }
-        if (!this.synced) await this.sync(sock);
-        return await this.exchange(sock, command, args, schema, opts);
-      } finally {
+    return new Promise<z.output<S>>((resolve, reject) => {
+      let state: "queued" | "running" | "expired" = "queued";
+      const expiry = setTimeout(() => {
+        if (state !== "queued") return;
+        state = "expired";
         this.queued--;
-      }
-    };
-    const p = this.tail.then(run, run);
-    this.tail = p.catch(() => undefined);
-    return p;
+        reject(new GuestAgentUnavailable(command, "timeout", `no answer from the guest agent within ${timeoutMs} ms (the call waited behind earlier ones and was never sent)`));
+      }, timeoutMs);
+      const run = async (): Promise<void> => {
+        if (state !== "queued") return; // expired while queued: already rejected
+        state = "running";
+        clearTimeout(expiry);
+        try {
+          resolve(await this.runCall(command, args, schema, opts, timeoutMs, deadline));
+        } catch (err) {
+          reject(err);
+        } finally {
+          this.queued--;
+        }
+      };
+      this.tail = this.tail.then(run, run);
+    });
+  }
+
+  /** One call at the head of the queue; `deadline` is ms since the epoch. */
+  private async runCall<S extends z.ZodTypeAny>(
+    command: string,
+    args: Record<string, unknown> | undefined,
+    schema: S,
+    opts: CallOptions,
+    timeoutMs: number,
+    deadline: number,
+  ): Promise<z.output<S>> {
+    const late = () => new GuestAgentUnavailable(command, "timeout", `no answer from the guest agent within ${timeoutMs} ms`);
+    if (this.closed) throw new GuestAgentUnavailable(command, "closed", "the guest agent session is closed");
+    const sock = await this.ensureConnected(command);
+    // A guest that never opens its end of the port makes QEMU stop reading: do not pile up requests.
+    if (sock.writableLength > MAX_UNSENT) {
+      throw new GuestAgentUnavailable(command, "busy", "the guest is not reading its agent channel (is the guest agent running?)");
+    }
+    if (!this.synced) {
+      const left = deadline - Date.now();
+      if (left <= 0) throw late();
+      await this.sync(sock, Math.min(this.o.syncTimeoutMs, left));
+    }
+    const left = deadline - Date.now();
+    if (left <= 0) throw late();
+    return this.exchange(sock, command, args, schema, opts, opts.noReplyOnSuccess ? timeoutMs : left, timeoutMs);
   }
 
   /** Drop the connection and refuse further calls. */
@@ -297,7 +339,8 @@ export class GuestAgent extends EventEmitter implements AgentCaller {
     this.waiter?.offer(msg as Record<string, unknown>);
   }
 
-  private wait<T>(timeoutMs: number, command: string, offer: (msg: Record<string, unknown>, settle: (v: T) => void, fail: (e: Error) => void) => boolean): {
+  /** Waits `waitMs` for the reply; a timeout names `timeoutMs`, the call's whole allowance. */
+  private wait<T>(waitMs: number, timeoutMs: number, command: string, offer: (msg: Record<string, unknown>, settle: (v: T) => void, fail: (e: Error) => void) => boolean): {
     promise: Promise<T>;
     onTimeout: (fn: () => T | Error) => void;
   } {
@@ -330,16 +373,16 @@ export class GuestAgent extends EventEmitter implements AgentCaller {
         const r = onTimeout();
         if (r instanceof Error) reject(r);
         else resolve(r);
-      }, timeoutMs);
+      }, waitMs);
       this.waiter = w;
     });
     return { promise, onTimeout: (fn) => (onTimeout = fn) };
   }
 
   /** guest-sync-delimited with a fresh id; every other line is stale and dropped. */
-  private async sync(sock: Socket): Promise<void> {
+  private async sync(sock: Socket, timeoutMs: number): Promise<void> {
     const id = randomInt(1, 2 ** 47);
-    const { promise } = this.wait<void>(this.o.syncTimeoutMs, "guest-sync-delimited", (msg, settle) => {
+    const { promise } = this.wait<void>(timeoutMs, timeoutMs, "guest-sync-delimited", (msg, settle) => {
       if (msg["return"] !== id) return false;
       settle();
       return true;
@@ -353,10 +396,17 @@ export class GuestAgent extends EventEmitter implements AgentCaller {
     this.emit("synced", this.syncs);
   }
 
-  private async exchange<S extends z.ZodTypeAny>(sock: Socket, command: string, args: Record<string, unknown> | undefined, schema: S, opts: CallOptions): Promise<z.output<S>> {
+  private async exchange<S extends z.ZodTypeAny>(
+    sock: Socket,
+    command: string,
+    args: Record<string, unknown> | undefined,
+    schema: S,
+    opts: CallOptions,
+    waitMs: number,
+    timeoutMs: number,
+  ): Promise<z.output<S>> {
     const id = `vmhost-${this.prefix}-${++this.seq}`;
-    const timeoutMs = opts.timeoutMs ?? (opts.noReplyOnSuccess ? 2000 : this.o.defaultTimeoutMs);
-    const { promise, onTimeout } = this.wait<unknown>(timeoutMs, command, (msg, settle, fail) => {
+    const { promise, onTimeout } = this.wait<unknown>(waitMs, timeoutMs, command, (msg, settle, fail) => {
       // qemu-ga echoes the request's id (measured with 7.2); anything else is stale, including
       // the id-less parse error qemu-ga answers to the 0xFF that precedes a handshake.
       if (msg["id"] !== id) return false;

@@ -72,6 +72,11 @@ export interface ServiceFacts {
   contact: PrimaryStatus;
   /** qemu-ga's enabled commands, once known (guest-info). */
   commands?: ReadonlySet<string>;
+  /**
+   * vmhost froze the guest's file systems: qemu-ga then disables every command outside its
+   * freeze allowlist (qga/main.c ga_freeze_allowlist) until the thaw.
+   */
+  frozen?: boolean;
   /** Per-service detail from the session (heartbeat age, last correction, freeze state...). */
   details: Partial<Record<ServiceKey, string>>;
 }
@@ -95,9 +100,13 @@ export function serviceStatus(def: ServiceDef, enabled: boolean, f: ServiceFacts
   if (f.contact !== "OK") {
     return { ...base, primaryStatus: f.contact, detail: f.details[def.key] ?? (f.contact === "No Contact" ? "the guest agent has not answered" : "the guest agent stopped answering") };
   }
-  if (f.commands) {
+  // While frozen, qemu-ga disables guest-fsfreeze-freeze itself; VSS's state is then the freeze.
+  if (f.commands && !(f.frozen && def.key === "vss")) {
     const missing = def.commands.filter((c) => !f.commands!.has(c));
-    if (missing.length) return { ...base, primaryStatus: "No Contact", detail: `the guest agent does not offer ${missing.join(", ")}` };
+    if (missing.length) {
+      const why = f.frozen ? " while the guest's file systems are frozen (VSS)" : "";
+      return { ...base, primaryStatus: "No Contact", detail: `the guest agent does not offer ${missing.join(", ")}${why}` };
+    }
   }
   return { ...base, primaryStatus: "OK", detail: f.details[def.key] ?? "OK" };
 }

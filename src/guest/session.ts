@@ -48,6 +48,12 @@ export interface SessionTiming {
   heartbeatLostAfterMs: number;
   timeCheckIntervalMs: number;
   kvpPollIntervalMs: number;
+  /**
+   * A freeze past its deadline: how long one thaw attempt waits for the agent, and the pause
+   * between attempts. The first attempt that goes unanswered makes the thaw overdue (an event).
+   */
+  thawAttemptTimeoutMs: number;
+  thawRetryIntervalMs: number;
   agent: GuestAgentOptions;
 }
 
@@ -57,6 +63,8 @@ export const DEFAULT_TIMING: SessionTiming = {
   heartbeatLostAfterMs: DEFAULT_HEARTBEAT.lostAfterMs,
   timeCheckIntervalMs: TIME_CHECK_INTERVAL_MS,
   kvpPollIntervalMs: 15_000,
+  thawAttemptTimeoutMs: 5_000,
+  thawRetryIntervalMs: HEARTBEAT_INTERVAL_MS,
   agent: {},
 };
 
@@ -72,7 +80,12 @@ interface FrozenState {
   since: number;
   thawBy: number;
   count: number;
+  /** Fires at thawBy and starts forceThaw(). */
   timer: NodeJS.Timeout;
+  /** Set (to thawBy) once a thaw at the deadline went unanswered; cleared with the freeze. */
+  overdueSince?: number;
+  /** forceThaw() is running for this freeze. */
+  forcing?: boolean;
 }
 
 /** Runs async work one at a time (KVP pool updates must not interleave). */
@@ -244,6 +257,15 @@ export class GuestSession {
       thawed: n,
       reason: "left-frozen",
     });
+    await this.afterThaw();
+  }
+
+  /**
+   * qemu-ga disables all but a few commands while frozen and says so in guest-info
+   * (qga/main.c, ga_freeze_allowlist), so capabilities read during a freeze are read again.
+   */
+  private async afterThaw(): Promise<void> {
+    await this.refreshCapabilities().catch(() => undefined);
   }
 
   // ---- VM events ---------------------------------------------------------------------------
@@ -417,9 +439,9 @@ export class GuestSession {
     }
     const r = await freeze(this.agent, ms);
     const since = Date.now();
-    const timer = setTimeout(() => void this.thaw("timeout").catch(() => undefined), ms);
-    timer.unref();
-    this.frozen = { since, thawBy: since + ms, count: r.frozen, timer };
+    const f: FrozenState = { since, thawBy: since + ms, count: r.frozen, timer: setTimeout(() => void this.forceThaw(f), ms) };
+    f.timer.unref();
+    this.frozen = f;
     const thawBy = new Date(since + ms).toISOString();
     this.host.journal("vss-frozen", `VSS: ${r.frozen} file system(s) frozen; thawed by ${thawBy} at the latest`, {
       frozen: r.frozen,
@@ -429,24 +451,92 @@ export class GuestSession {
     return { frozen: r.frozen, thawBy, watchdogSeconds: r.watchdogSeconds };
   }
 
-  async thaw(reason: "request" | "timeout" = "request"): Promise<{ thawed: number; wasFrozen: boolean }> {
+  /**
+   * Thaw on request. When the agent does not answer, the freeze stays recorded and its deadline
+   * (or an overdue thaw's retries) still applies. Capabilities are read again afterwards.
+   * Returns how many file systems this call thawed and whether vmhost had frozen them.
+   */
+  async thaw(reason: "request" = "request"): Promise<{ thawed: number; wasFrozen: boolean }> {
     const f = this.frozen;
-    if (f) clearTimeout(f.timer);
     const n = await thaw(this.agent);
-    this.frozen = undefined;
+    this.endFreeze(f);
     await killWatchdogs(this.agent);
     if (f || n > 0) {
       const held = f ? `${((Date.now() - f.since) / 1000).toFixed(1)} s` : "?";
-      this.host.journal(
-        reason === "timeout" ? "vss-thaw-forced" : "vss-thawed",
-        reason === "timeout" ? `VSS: nobody thawed within the limit; vmhost thawed ${n} file system(s) after ${held}` : `VSS: ${n} file system(s) thawed after ${held}`,
-        { thawed: n, reason },
-      );
+      const late = f?.overdueSince !== undefined ? ` (the thaw was overdue since ${new Date(f.overdueSince).toISOString()})` : "";
+      this.host.journal("vss-thawed", `VSS: ${n} file system(s) thawed after ${held}${late}`, {
+        thawed: n,
+        reason,
+        ...(f?.overdueSince !== undefined ? { overdueSince: new Date(f.overdueSince).toISOString() } : {}),
+      });
     }
+    await this.afterThaw();
     return { thawed: n, wasFrozen: !!f };
   }
 
-  async vssStatus(): Promise<{ status: "frozen" | "thawed"; frozenByVmhost: boolean; since?: string; thawBy?: string; count?: number }> {
+  private endFreeze(f: FrozenState | undefined): void {
+    if (!f) return;
+    clearTimeout(f.timer);
+    if (this.frozen === f) this.frozen = undefined;
+  }
+
+  /**
+   * The freeze's deadline passed and nobody thawed: thaw, and when the agent does not answer,
+   * journal "vss-thaw-overdue" once and try again every thawRetryIntervalMs until it does (or
+   * the freeze ends otherwise: a thaw request, a guest reset, the session closing). The guest's
+   * own watchdog may thaw first; the answer to a late thaw then counts 0 file systems.
+   */
+  private async forceThaw(f: FrozenState): Promise<void> {
+    if (f.forcing) return;
+    f.forcing = true;
+    while (!this.closed && this.frozen === f) {
+      let n: number | undefined;
+      let why = "";
+      try {
+        n = await thaw(this.agent, this.t.thawAttemptTimeoutMs);
+      } catch (err) {
+        why = guestText((err as Error).message, 200);
+        // An error answer: the agent is alive; what counts is whether the guest is still frozen.
+        if (err instanceof GuestAgentError && (await freezeStatus(this.agent).catch(() => undefined)) === "thawed") n = 0;
+      }
+      if (this.closed || this.frozen !== f) return;
+      if (n !== undefined) {
+        this.endFreeze(f);
+        await killWatchdogs(this.agent);
+        const held = `${((Date.now() - f.since) / 1000).toFixed(1)} s`;
+        const rest = n < f.count ? `; the rest had been thawed by vmhost's watchdog in the guest` : "";
+        this.host.journal(
+          "vss-thaw-forced",
+          f.overdueSince !== undefined
+            ? `VSS: the guest agent answers again; vmhost thawed ${n} file system(s) after ${held}, the thaw having been overdue since ${new Date(f.overdueSince).toISOString()}${rest}`
+            : `VSS: nobody thawed within the limit; vmhost thawed ${n} file system(s) after ${held}`,
+          {
+            thawed: n,
+            reason: "timeout",
+            ...(f.overdueSince !== undefined ? { overdueSince: new Date(f.overdueSince).toISOString(), overdueMs: Date.now() - f.overdueSince } : {}),
+          },
+        );
+        await this.afterThaw();
+        return;
+      }
+      if (f.overdueSince === undefined) {
+        f.overdueSince = f.thawBy;
+        const thawBy = new Date(f.thawBy).toISOString();
+        this.host.journal(
+          "vss-thaw-overdue",
+          `VSS: the guest's file systems were due to be thawed by ${thawBy}, but the thaw failed (${why}); vmhost retries it every ${this.t.thawRetryIntervalMs / 1000} s until the guest agent answers`,
+          { thawBy, frozenSince: new Date(f.since).toISOString(), error: why },
+        );
+      }
+      await new Promise<void>((r) => setTimeout(r, this.t.thawRetryIntervalMs).unref());
+    }
+  }
+
+  /**
+   * The agent's view of the freeze plus vmhost's: `thawOverdueSince` (ISO time) when the thaw
+   * at the deadline has gone unanswered and is being retried.
+   */
+  async vssStatus(): Promise<{ status: "frozen" | "thawed"; frozenByVmhost: boolean; since?: string; thawBy?: string; count?: number; thawOverdueSince?: string }> {
     await this.requireContact("VSS");
     const status = await freezeStatus(this.agent);
     const f = this.frozen;
@@ -454,6 +544,7 @@ export class GuestSession {
       status,
       frozenByVmhost: !!f,
       ...(f ? { since: new Date(f.since).toISOString(), thawBy: new Date(f.thawBy).toISOString(), count: f.count } : {}),
+      ...(f?.overdueSince !== undefined ? { thawOverdueSince: new Date(f.overdueSince).toISOString() } : {}),
     };
   }
 
@@ -516,16 +607,22 @@ export class GuestSession {
       heartbeat: this.heartbeatDetail(),
       keyValuePairExchange: this.kvpNote || undefined,
       timeSynchronization: this.timeNote || undefined,
-      vss: f ? `frozen (${f.count} file system(s)) since ${new Date(f.since).toISOString()}, thawed by ${new Date(f.thawBy).toISOString()} at the latest` : "thawed",
+      vss: !f
+        ? "thawed"
+        : f.overdueSince !== undefined
+          ? `thaw overdue since ${new Date(f.overdueSince).toISOString()}: frozen (${f.count} file system(s)) since ${new Date(f.since).toISOString()}; vmhost retries the thaw until the guest agent answers`
+          : `frozen (${f.count} file system(s)) since ${new Date(f.since).toISOString()}, thawed by ${new Date(f.thawBy).toISOString()} at the latest`,
       shutdown: "shutdown requests go through the guest agent",
       guestServiceInterface: this.lastCopy ? `last copy: ${this.lastCopy.destination} (${this.lastCopy.bytes} bytes, verified)` : undefined,
     };
     if (this.heartbeat.primaryStatus !== "OK") {
       details.heartbeat = this.heartbeatDetail();
-      for (const k of ["keyValuePairExchange", "timeSynchronization", "vss", "shutdown", "guestServiceInterface"] as const) delete details[k];
+      for (const k of ["keyValuePairExchange", "timeSynchronization", "shutdown", "guestServiceInterface"] as const) delete details[k];
+      // An overdue thaw is the one thing to say about VSS while the agent is silent.
+      if (f?.overdueSince === undefined) delete details.vss;
     }
     return SERVICES.map((def) =>
-      serviceStatus(def, settings[def.key], { vmState: this.host.vmState(), contact: this.heartbeat.primaryStatus, commands: this.commands, details }),
+      serviceStatus(def, settings[def.key], { vmState: this.host.vmState(), contact: this.heartbeat.primaryStatus, commands: this.commands, frozen: !!f, details }),
     );
   }
 }

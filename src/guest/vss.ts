@@ -92,8 +92,9 @@ export async function freeze(agent: AgentCaller, thawAfterMs: number): Promise<F
   return { frozen, watchdogPid, watchdogSeconds };
 }
 
-export async function thaw(agent: AgentCaller): Promise<number> {
-  return agent.call("guest-fsfreeze-thaw", undefined, Count, { timeoutMs: 60_000 });
+/** guest-fsfreeze-thaw: how many file systems it thawed (0 when none was frozen). */
+export async function thaw(agent: AgentCaller, timeoutMs = 60_000): Promise<number> {
+  return agent.call("guest-fsfreeze-thaw", undefined, Count, { timeoutMs });
 }
 
 /** After a thaw the watchdogs have nothing to do; killing their shells stops them before FITHAW. */

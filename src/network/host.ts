@@ -2,8 +2,10 @@
 // acts on the network namespace vmhost runs in (a test runs vmhostd inside its own namespace).
 import { readFileSync } from "node:fs";
 import { readFile, writeFile } from "node:fs/promises";
+import { z } from "zod";
 import { CommandError, run } from "../images/appliance/run.js";
 import { VmhostError } from "../util/errors.js";
+import type { HostAddress, HostNetworks, HostRoute } from "./addr.js";
 
 const CAP_NET_ADMIN = 12;
 
@@ -73,6 +75,49 @@ export async function hostAddresses(dev: string): Promise<string[]> {
   const out = await ip(["-j", "addr", "show", "dev", dev]);
   const parsed = (out.trim() ? JSON.parse(out) : []) as { addr_info?: { local: string; prefixlen: number; scope: string }[] }[];
   return parsed.flatMap((l) => (l.addr_info ?? []).filter((a) => a.scope === "global").map((a) => `${a.local}/${a.prefixlen}`));
+}
+
+const IpRoutes = z.array(z.object({ dst: z.string(), dev: z.string().optional() }).passthrough());
+const IpAddrs = z.array(
+  z
+    .object({
+      ifname: z.string(),
+      addr_info: z
+        .array(z.object({ family: z.string().optional(), local: z.string().optional(), prefixlen: z.number().int().min(0).max(128).optional() }).passthrough())
+        .optional(),
+    })
+    .passthrough(),
+);
+
+/**
+ * The output of `ip -j -4 route show`, `ip -j -6 route show` and `ip -j addr show` as the host
+ * facts checkSwitchSubnet/checkSwitchIpv6Prefix (./addr.ts) take. Empty output is an empty
+ * list; output that is not ip's JSON throws (zod's error names the field).
+ */
+export function parseHostNetworks(routes4: string, routes6: string, addrs: string): HostNetworks {
+  const json = (t: string): unknown => (t.trim() ? JSON.parse(t) : []);
+  const routes: HostRoute[] = [...IpRoutes.parse(json(routes4)), ...IpRoutes.parse(json(routes6))].map((r) => (r.dev ? { dst: r.dst, dev: r.dev } : { dst: r.dst }));
+  const addresses: HostAddress[] = IpAddrs.parse(json(addrs)).flatMap((l) =>
+    (l.addr_info ?? []).flatMap((a) =>
+      (a.family === "inet" || a.family === "inet6") && a.local !== undefined && a.prefixlen !== undefined ? [{ dev: l.ifname, family: a.family, local: a.local, prefixlen: a.prefixlen }] : [],
+    ),
+  );
+  return { routes, addresses };
+}
+
+/**
+ * This network namespace's routes (main table, IPv4 and IPv6) and addresses, read with
+ * `ip -j -4 route show`, `ip -j -6 route show` and `ip -j addr show` (argv arrays, no root
+ * needed). Throws CommandError when ip fails.
+ */
+export async function readHostNetworks(netns?: string): Promise<HostNetworks> {
+  const out = await Promise.allSettled([ip(["-j", "-4", "route", "show"], netns), ip(["-j", "-6", "route", "show"], netns), ip(["-j", "addr", "show"], netns)]);
+  // The first failure in this fixed order, not whichever ended first.
+  const [r4, r6, a] = out.map((r) => {
+    if (r.status === "rejected") throw r.reason;
+    return r.value;
+  });
+  return parseHostNetworks(r4!, r6!, a!);
 }
 
 export async function netnsList(): Promise<string[]> {

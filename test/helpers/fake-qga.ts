@@ -19,9 +19,12 @@ export class FakeQga {
   readonly dirs = new Set<string>(["/", "/tmp", "/var", "/var/lib", "/var/lib/hyperv"]);
   readonly received: Cmd[] = [];
   readonly syncIds: number[] = [];
-  /** While true, nothing is answered (an agent stopped with SIGSTOP); answers are queued for later. */
+  /**
+   * While true, commands are received but neither carried out nor answered (an agent stopped
+   * with SIGSTOP); resume() carries them out and answers them in order.
+   */
   paused = false;
-  private queued: Buffer[] = [];
+  private held: { c: Socket; cmd: Cmd }[] = [];
   /** Lines sent before every reply (stale output the client must skip). */
   noiseBeforeReply: string[] = [];
   /** Replace a command's reply (return undefined to stay silent). */
@@ -63,9 +66,18 @@ export class FakeQga {
 
   resume(): void {
     this.paused = false;
-    const q = this.queued;
-    this.queued = [];
-    for (const c of this.conns) for (const l of q) c.write(l);
+    const held = this.held;
+    this.held = [];
+    for (const { c, cmd } of held) if (!c.destroyed) this.answer(c, cmd);
+  }
+
+  /**
+   * qemu-ga restarted inside the guest after hanging: what it had received but not carried out
+   * is lost, the channel stays (QEMU holds it), and the file systems stay as they were.
+   */
+  restartAgent(): void {
+    this.held = [];
+    this.paused = false;
   }
 
   send(raw: string | Buffer): void {
@@ -93,7 +105,8 @@ export class FakeQga {
           continue;
         }
         this.received.push(cmd);
-        this.answer(c, cmd);
+        if (this.paused) this.held.push({ c, cmd });
+        else this.answer(c, cmd);
       }
     });
   }
@@ -109,10 +122,6 @@ export class FakeQga {
     if (cmd.id !== undefined) body["id"] = cmd.id;
     const out = Buffer.from(this.noiseBeforeReply.map((l) => l + "\n").join("") + JSON.stringify(body) + "\n", "utf8");
     const bytes = cmd.execute === "guest-sync-delimited" ? Buffer.concat([Buffer.from([0xff]), out]) : out;
-    if (this.paused) {
-      this.queued.push(bytes);
-      return;
-    }
     c.write(bytes);
   }
 
@@ -122,8 +131,10 @@ export class FakeQga {
 
   private handle(cmd: Cmd): Reply {
     const a = cmd.arguments ?? {};
+    // qemu-ga's ga_freeze_allowlist (qga/main.c): everything else is disabled while frozen,
+    // refused with QMP's "has been disabled" error and listed as enabled: false by guest-info.
     const frozenAllowed = ["guest-sync-delimited", "guest-sync", "guest-ping", "guest-info", "guest-fsfreeze-status", "guest-fsfreeze-thaw"];
-    if (this.frozen && !frozenAllowed.includes(cmd.execute)) return this.err("Command disabled while the file systems are frozen", "CommandNotFound");
+    if (this.frozen && !frozenAllowed.includes(cmd.execute)) return this.err(`Command ${cmd.execute} has been disabled: the agent is in frozen state`, "CommandNotFound");
     switch (cmd.execute) {
       case "guest-sync-delimited":
         this.syncIds.push(a["id"] as number);
@@ -138,7 +149,7 @@ export class FakeQga {
               "guest-ping", "guest-info", "guest-sync-delimited", "guest-shutdown", "guest-get-time", "guest-set-time", "guest-file-open", "guest-file-read",
               "guest-file-write", "guest-file-close", "guest-file-seek", "guest-file-flush", "guest-exec", "guest-exec-status", "guest-fsfreeze-freeze",
               "guest-fsfreeze-thaw", "guest-fsfreeze-status", "guest-get-osinfo", "guest-get-host-name", "guest-network-get-interfaces",
-            ].map((name) => ({ name, enabled: true, "success-response": true })),
+            ].map((name) => ({ name, enabled: !this.frozen || frozenAllowed.includes(name), "success-response": true })),
           },
         };
       case "guest-get-osinfo":

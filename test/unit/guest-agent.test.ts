@@ -131,3 +131,66 @@ test("a closed agent refuses calls; no connection is an 'unavailable' error, ret
   await assert.rejects(b.call("guest-ping", undefined, Empty), /next attempt in/);
   b.close();
 });
+
+const timedOut = (e: unknown): boolean => e instanceof GuestAgentUnavailable && e.reason === "timeout";
+
+/** Lets socket I/O and the promise jobs it starts run (setImmediate is not among the mocked timers). */
+async function turns(n = 20): Promise<void> {
+  for (let i = 0; i < n; i++) await new Promise((r) => setImmediate(r));
+}
+
+test("a call's deadline counts from when it was queued: 64 calls behind a silent agent all fail at their own deadline, unsent", async (t) => {
+  const a = fresh({ defaultTimeoutMs: 10_000, syncTimeoutMs: 5_000 });
+  await a.call("guest-ping", undefined, Empty); // connected and synced, on real timers
+  // Mocked clock from here: the test moves time itself, so no outcome depends on the machine's speed.
+  t.mock.timers.enable({ apis: ["setTimeout", "Date"] });
+  const sentBefore = qga.received.length;
+  qga.paused = true; // an agent stopped inside the guest
+  const outcomes: unknown[] = [];
+  const calls = Array.from({ length: 64 }, (_, i) =>
+    a.call("guest-get-host-name", { n: i }, z.object({ "host-name": z.string() })).then(
+      () => (outcomes[i] = "answered"),
+      (e: unknown) => (outcomes[i] = e),
+    ),
+  );
+  await turns();
+  assert.equal(qga.received.length - sentBefore, 1, "only the first call is on the wire");
+  t.mock.timers.tick(9_999);
+  await turns();
+  assert.equal(outcomes.filter((o) => o !== undefined).length, 0, "nothing fails before its deadline");
+  t.mock.timers.tick(1);
+  await turns();
+  // Before: only the first call had failed here; the 64th would have failed ~64 x (10 s + a 5 s handshake) later.
+  assert.equal(outcomes.filter((o) => o !== undefined).length, 64, "all 64 failed at 10 s");
+  for (const o of outcomes) assert.ok(timedOut(o), String(o));
+  assert.match((outcomes[63] as Error).message, /within 10000 ms \(the call waited behind earlier ones and was never sent\)/);
+  await Promise.all(calls);
+  assert.equal(qga.received.length - sentBefore, 1, "the calls that expired in the queue were never sent");
+  t.mock.timers.reset();
+  qga.resume(); // the stale answer arrives now; the next call re-syncs and gets its own answer
+  const r = await a.call("guest-get-host-name", undefined, z.object({ "host-name": z.string() }));
+  assert.equal(r["host-name"], "fakehost");
+  a.close();
+});
+
+test("a short call queued behind a long one fails at its own deadline, not the long one's", async (t) => {
+  const a = fresh({ syncTimeoutMs: 5_000 });
+  await a.call("guest-ping", undefined, Empty);
+  t.mock.timers.enable({ apis: ["setTimeout", "Date"] });
+  qga.paused = true;
+  const got: { long?: unknown; short?: unknown } = {};
+  const pLong = a.call("guest-get-osinfo", undefined, z.unknown(), { timeoutMs: 60_000 }).then(() => (got.long = "answered"), (e: unknown) => (got.long = e));
+  const pShort = a.call("guest-ping", undefined, Empty, { timeoutMs: 3_000 }).then(() => (got.short = "answered"), (e: unknown) => (got.short = e));
+  await turns();
+  t.mock.timers.tick(3_000);
+  await turns();
+  assert.ok(timedOut(got.short), "the ping failed at 3 s");
+  assert.equal(got.long, undefined, "the long call still waits for its answer");
+  t.mock.timers.tick(57_000);
+  await turns();
+  assert.ok(timedOut(got.long), "the long call failed at 60 s");
+  await Promise.all([pLong, pShort]);
+  t.mock.timers.reset();
+  qga.resume();
+  a.close();
+});

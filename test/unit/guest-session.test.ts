@@ -29,7 +29,16 @@ function session(over: Partial<ServiceSettings> = {}, items: KvpItem[] = []) {
   const s = new GuestSession(
     { vmName: "t", vmState: () => state, settings: () => settings, hostKvpItems: () => items, journal: (type, message, data) => journal.push({ type, message, data }) },
     qga.socketPath,
-    { heartbeatIntervalMs: 50, heartbeatTimeoutMs: 150, heartbeatLostAfterMs: 400, timeCheckIntervalMs: 200, kvpPollIntervalMs: 200, agent: { minBackoffMs: 10, maxBackoffMs: 50 } },
+    {
+      heartbeatIntervalMs: 50,
+      heartbeatTimeoutMs: 150,
+      heartbeatLostAfterMs: 400,
+      timeCheckIntervalMs: 200,
+      kvpPollIntervalMs: 200,
+      thawAttemptTimeoutMs: 200,
+      thawRetryIntervalMs: 50,
+      agent: { minBackoffMs: 10, maxBackoffMs: 50 },
+    },
   );
   return { s, journal, settings, items, setState: (x: string) => (state = x) };
 }
@@ -122,8 +131,9 @@ test("VSS: freeze starts the guest watchdog first; a thaw follows by itself when
     assert.ok(watchdog, "the watchdog was started through guest-exec before the freeze");
     assert.equal(watchdog[4], "6", "it fires 5 s after vmhostd's own timer");
     await assert.rejects(s.freeze(1000), IntegrationError);
-    await until("timer thaw", () => !qga.frozen, 3000);
-    assert.ok(journal.some((j) => j.type === "vss-thaw-forced"));
+    // The event comes after the agent's answer (and the watchdog's removal): wait for it, then look.
+    await until("timer thaw", () => journal.some((j) => j.type === "vss-thaw-forced"), 3000);
+    assert.equal(qga.frozen, false);
     await s.freeze(5000);
     const t = await s.thaw();
     assert.deepEqual(t, { thawed: 1, wasFrozen: true });
@@ -141,6 +151,67 @@ test("VSS: a guest left frozen (vmhostd died mid-way) is thawed on contact", asy
     await until("thawed", () => !qga.frozen);
     assert.ok(journal.some((j) => j.type === "vss-thawed" && j.data?.["reason"] === "left-frozen"));
   } finally {
+    s.close();
+  }
+});
+
+const allOk = (s: GuestSession) => s.statuses().every((x) => !x.enabled || x.primaryStatus === "OK");
+const thawsSent = () => qga.received.filter((c) => c.execute === "guest-fsfreeze-thaw").length;
+
+test("VSS: an agent hung past the thaw deadline: an overdue event, the thaw retried until it answers, then every service OK", async () => {
+  const { s, journal } = session({ guestServiceInterface: true });
+  s.start();
+  try {
+    await until("contact and capabilities", () => allOk(s) && journal.some((j) => j.type === "agent-contact"));
+    await s.freeze(1000);
+    const thawBy = String(journal.find((j) => j.type === "vss-frozen")?.data?.["thawBy"]);
+    qga.paused = true; // the agent hangs (SIGSTOP) with the file systems frozen
+    await until("overdue event", () => journal.some((j) => j.type === "vss-thaw-overdue"));
+    const overdue = journal.find((j) => j.type === "vss-thaw-overdue")!;
+    assert.equal(overdue.data?.["thawBy"], thawBy);
+    assert.ok(Date.now() >= Date.parse(thawBy), "not before the deadline");
+    const vss = () => s.statuses().find((x) => x.key === "vss")!;
+    assert.ok(vss().detail.startsWith(`thaw overdue since ${thawBy}`), vss().detail);
+    await until("Lost Communication", () => s.heartbeat.primaryStatus === "Lost Communication");
+    assert.ok(vss().detail.startsWith(`thaw overdue since ${thawBy}`), `still said without contact: ${vss().detail}`);
+    assert.equal(qga.frozen, true, "a hung agent thawed nothing");
+    // The agent comes back having lost whatever it was sent while hung: only a retry thaws now.
+    const sentBeforeRestart = thawsSent();
+    qga.restartAgent();
+    await until("thawed", () => journal.some((j) => j.type === "vss-thaw-forced"));
+    assert.ok(thawsSent() > sentBeforeRestart, "the thaw was sent again");
+    assert.equal(qga.frozen, false);
+    assert.equal(journal.find((j) => j.type === "vss-thaw-forced")?.data?.["overdueSince"], thawBy);
+    assert.equal(journal.filter((j) => j.type === "vss-thaw-overdue").length, 1, "one event per overdue thaw, not one per retry");
+    await until("every service OK", () => allOk(s));
+    assert.equal(vss().detail, "thawed");
+  } finally {
+    qga.paused = false;
+    qga.frozen = false;
+    s.close();
+  }
+});
+
+test("VSS: capabilities read while frozen are read again after the thaw, so no service stays No Contact", async () => {
+  const { s } = session({ guestServiceInterface: true });
+  s.start();
+  try {
+    await until("contact and capabilities", () => allOk(s));
+    await s.freeze(60_000);
+    // The agent goes silent and comes back while frozen: on contact the session reads guest-info,
+    // which (as qemu-ga does) lists most commands as disabled while frozen.
+    qga.paused = true;
+    await until("Lost Communication", () => s.heartbeat.primaryStatus === "Lost Communication");
+    qga.resume();
+    const kvp = () => s.statuses().find((x) => x.key === "keyValuePairExchange")!;
+    await until("capabilities read while frozen", () => s.heartbeat.primaryStatus === "OK" && kvp().primaryStatus === "No Contact");
+    assert.match(kvp().detail, /does not offer guest-file-open.* while the guest's file systems are frozen/);
+    assert.equal(s.statuses().find((x) => x.key === "vss")!.primaryStatus, "OK", "VSS's own state while frozen is the freeze");
+    assert.deepEqual(await s.thaw(), { thawed: 1, wasFrozen: true });
+    await until("every service OK after the thaw", () => allOk(s));
+  } finally {
+    qga.paused = false;
+    qga.frozen = false;
     s.close();
   }
 });

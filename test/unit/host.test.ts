@@ -90,6 +90,18 @@ describe("missing pieces are named", () => {
     kvmDevice: join(dir, "kvm"),
   });
 
+  it("everything missing is named at once, in a fixed order", async () => {
+    const d = dirs();
+    await assert.rejects(resolveHostPaths({ PATH: join(dir, "bin"), VMHOST_QEMU_IMG: join(dir, "nope-img") }, d), {
+      code: "host-missing",
+      message:
+        "qemu-system-x86_64 not found in PATH (install the Debian package qemu-system-x86, or set VMHOST_QEMU); " +
+        `VMHOST_QEMU_IMG=${join(dir, "nope-img")}: not an executable file; ` +
+        `UEFI firmware missing: ${["OVMF_CODE_4M.fd", "OVMF_VARS_4M.fd", "OVMF_CODE_4M.ms.fd", "OVMF_VARS_4M.ms.fd"].map((f) => join(d.ovmfDir, f)).join(", ")} (install the Debian package ovmf); ` +
+        `BIOS firmware missing: ${join(d.seabiosDir, "bios-256k.bin")} (install the Debian package seabios)`,
+    });
+  });
+
   it("OVMF files and package", async () => {
     await assert.rejects(resolveHostPaths(process.env, dirs()), (err: Error) => {
       assert.match(err.message, /UEFI firmware missing: .*ovmf\/OVMF_CODE_4M\.fd, .*OVMF_VARS_4M\.fd/);
@@ -112,10 +124,15 @@ describe("missing pieces are named", () => {
   });
 
   it("QEMU binary: PATH search and VMHOST_QEMU override", async () => {
-    await assert.rejects(
-      resolveHostPaths({ PATH: join(dir, "bin") }, DEBIAN_DIRS),
-      /qemu-system-x86_64 not found in PATH \(install the Debian package qemu-system-x86, or set VMHOST_QEMU\)/,
-    );
+    // Both programs are missing: both are named, in a fixed order, whichever lookup ends first.
+    await assert.rejects(resolveHostPaths({ PATH: join(dir, "bin") }, DEBIAN_DIRS), {
+      name: "VmhostError",
+      code: "host-missing",
+      status: 500,
+      message:
+        "qemu-system-x86_64 not found in PATH (install the Debian package qemu-system-x86, or set VMHOST_QEMU); " +
+        "qemu-img not found in PATH (install the Debian package qemu-utils, or set VMHOST_QEMU_IMG)",
+    });
     await assert.rejects(
       resolveHostPaths({ ...process.env, VMHOST_QEMU: join(dir, "nope") }, DEBIAN_DIRS),
       /VMHOST_QEMU=.*nope: not an executable file/,

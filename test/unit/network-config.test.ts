@@ -4,6 +4,10 @@ import { mkdtemp, readFile, rm, writeFile, mkdir } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import {
+  SubnetError,
+  type HostNetworks,
+  checkSwitchIpv6Prefix,
+  checkSwitchSubnet,
   dhcpRange,
   formatIpv6,
   gatewayAddress,
@@ -16,6 +20,7 @@ import {
   ulaPrefix,
 } from "../../src/network/addr.js";
 import { dnsmasqArgv } from "../../src/network/dnsmasq.js";
+import { parseHostNetworks, readHostNetworks } from "../../src/network/host.js";
 import { firewallScript } from "../../src/network/firewall.js";
 import { NAMES } from "../../src/network/names.js";
 import { SwitchConfig } from "../../src/network/schema.js";
@@ -155,4 +160,104 @@ test("MACs: the pool hands out 00:15:5D addresses never twice, across restarts; 
   const a = vm("a", "00000000-0000-4000-8000-000000000001", [nic("00:15:5D:00:00:01", "lab")]);
   assert.throws(() => validateVm(vm("b", "00000000-0000-4000-8000-000000000002", [nic("00:15:5D:00:00:01", "LAB")]), host, [a]), /already used on switch "LAB" by adapter "n" of VM "a"/);
   validateVm(vm("b", "00000000-0000-4000-8000-000000000002", [nic("00:15:5D:00:00:01", "other")]), host, [a]);
+});
+
+/** A typical host, in the JSON ip prints: a LAN on eth0, Docker's bridge, a VPN route, global IPv6. */
+const IP_ROUTE4 = JSON.stringify([
+  { dst: "default", gateway: "192.168.1.1", dev: "eth0", protocol: "dhcp", metric: 100, flags: [] },
+  { dst: "10.8.0.0/16", dev: "tun0", scope: "link", flags: [] },
+  { dst: "172.17.0.0/16", dev: "docker0", protocol: "kernel", scope: "link", prefsrc: "172.17.0.1", flags: ["linkdown"] },
+  { dst: "192.168.1.0/24", dev: "eth0", protocol: "kernel", scope: "link", prefsrc: "192.168.1.20", metric: 100, flags: [] },
+  { dst: "203.0.113.7", gateway: "192.168.1.1", dev: "eth0", flags: [] },
+]);
+const IP_ROUTE6 = JSON.stringify([
+  { dst: "2001:db8:1:2::/64", dev: "eth0", protocol: "ra", metric: 100, flags: [], pref: "medium" },
+  { dst: "2001:db8:ff00::/40", dev: "wg0", metric: 1024, flags: [], pref: "medium" },
+  { dst: "fe80::/64", dev: "eth0", protocol: "kernel", metric: 256, flags: [], pref: "medium" },
+  { dst: "default", gateway: "fe80::1", dev: "eth0", protocol: "ra", metric: 100, flags: [], pref: "medium" },
+]);
+const IP_ADDR = JSON.stringify([
+  { ifindex: 1, ifname: "lo", flags: ["LOOPBACK", "UP"], addr_info: [{ family: "inet", local: "127.0.0.1", prefixlen: 8, scope: "host" }, { family: "inet6", local: "::1", prefixlen: 128, scope: "host" }] },
+  { ifindex: 2, ifname: "eth0", flags: ["UP"], addr_info: [{ family: "inet", local: "192.168.1.20", prefixlen: 24, broadcast: "192.168.1.255", scope: "global" }, { family: "inet6", local: "2001:db8:1:2::20", prefixlen: 64, scope: "global" }, { family: "inet6", local: "fe80::20", prefixlen: 64, scope: "link" }] },
+  { ifindex: 3, ifname: "docker0", flags: ["UP"], addr_info: [{ family: "inet", local: "172.17.0.1", prefixlen: 16, scope: "global" }] },
+  { ifindex: 4, ifname: "vps0", flags: ["UP"], addr_info: [{ family: "inet", local: "100.64.9.9", prefixlen: 32, scope: "global" }] },
+  { ifindex: 5, ifname: "ifb0", flags: ["NOARP"], addr_info: [] },
+]);
+
+function refusedAs(code: "subnet-reserved" | "subnet-in-use", f: () => void, why: RegExp): void {
+  assert.throws(f, (e: unknown) => {
+    assert.ok(e instanceof SubnetError, `a SubnetError, got ${String(e)}`);
+    assert.equal(e.code, code);
+    assert.equal(e.status, code === "subnet-reserved" ? 400 : 409);
+    assert.match(e.message, why);
+    return true;
+  });
+}
+
+test("host networks: ip's JSON for routes and addresses is read into routes and addresses", () => {
+  const h = parseHostNetworks(IP_ROUTE4, IP_ROUTE6, IP_ADDR);
+  assert.deepEqual(h.routes.slice(0, 2), [{ dst: "default", dev: "eth0" }, { dst: "10.8.0.0/16", dev: "tun0" }]);
+  assert.equal(h.routes.length, 9);
+  assert.deepEqual(h.addresses.filter((a) => a.dev === "eth0"), [
+    { dev: "eth0", family: "inet", local: "192.168.1.20", prefixlen: 24 },
+    { dev: "eth0", family: "inet6", local: "2001:db8:1:2::20", prefixlen: 64 },
+    { dev: "eth0", family: "inet6", local: "fe80::20", prefixlen: 64 },
+  ]);
+  assert.deepEqual(parseHostNetworks("", "", ""), { routes: [], addresses: [] });
+  assert.throws(() => parseHostNetworks('[{"gateway":"x"}]', "", ""), /dst/);
+});
+
+test("switch subnets: the host's own networks and routes are refused, naming them; free ones pass", () => {
+  const h = parseHostNetworks(IP_ROUTE4, IP_ROUTE6, IP_ADDR);
+  const check = (cidr: string) => () => checkSwitchSubnet(parseIpv4Subnet(cidr), h);
+  // The issue's example: the host's LAN as a switch subnet, whose gateway address is the LAN router's.
+  refusedAs("subnet-in-use", check("192.168.1.0/24"), /^subnet 192\.168\.1\.0\/24 overlaps the host's own network 192\.168\.1\.0\/24 \(address 192\.168\.1\.20\/24 on eth0\): the host would take 192\.168\.1\.1 /);
+  refusedAs("subnet-in-use", check("192.168.0.0/16"), /host's own network 192\.168\.1\.0\/24/);
+  refusedAs("subnet-in-use", check("172.17.5.0/24"), /172\.17\.0\.0\/16 \(address 172\.17\.0\.1\/16 on docker0\)/);
+  refusedAs("subnet-in-use", check("10.8.3.0/24"), /the host's route to 10\.8\.0\.0\/16 \(via tun0\)/);
+  refusedAs("subnet-in-use", check("203.0.113.0/24"), /route to 203\.0\.113\.7\/32/);
+  refusedAs("subnet-in-use", check("100.64.9.0/24"), /address 100\.64\.9\.9\/32 on vps0/);
+  refusedAs("subnet-in-use", check("192.168.1.0/24"), /leave --subnet out and vmhost picks a free one/);
+  for (const free of ["192.168.50.0/24", "10.9.0.0/16", "172.18.0.0/24", "192.168.2.0/29"]) checkSwitchSubnet(parseIpv4Subnet(free), h);
+});
+
+test("switch subnets: reserved ranges are refused whatever the host has", () => {
+  const none: HostNetworks = { routes: [], addresses: [] };
+  const check = (cidr: string) => () => checkSwitchSubnet(parseIpv4Subnet(cidr), none);
+  refusedAs("subnet-reserved", check("127.0.0.0/24"), /overlaps 127\.0\.0\.0\/8, which is loopback/);
+  refusedAs("subnet-reserved", check("0.0.0.0/24"), /overlaps 0\.0\.0\.0\/8, which is "this network"/);
+  refusedAs("subnet-reserved", check("169.254.0.0/16"), /link-local/);
+  refusedAs("subnet-reserved", check("224.0.0.0/24"), /multicast/);
+  refusedAs("subnet-reserved", check("239.255.0.0/16"), /multicast/);
+  refusedAs("subnet-reserved", check("240.0.0.0/24"), /240\.0\.0\.0\/4/);
+  refusedAs("subnet-reserved", check("255.255.255.0/24"), /broadcast address 255\.255\.255\.255/);
+  refusedAs("subnet-reserved", check("127.0.0.0/24"), /a private range such as 10\.0\.0\.0\/8/);
+  for (const ok of ["10.0.0.0/16", "172.16.0.0/24", "192.168.0.0/24", "100.64.0.0/24", "223.255.255.0/24", "1.0.0.0/24"]) checkSwitchSubnet(parseIpv4Subnet(ok), none);
+});
+
+test("switch IPv6 prefixes: loopback, link-local, multicast and the host's own prefixes and routes are refused", () => {
+  const h = parseHostNetworks(IP_ROUTE4, IP_ROUTE6, IP_ADDR);
+  const none: HostNetworks = { routes: [], addresses: [] };
+  const check = (prefix: string, host = none) => () => checkSwitchIpv6Prefix(parseIpv6Prefix(prefix), host);
+  refusedAs("subnet-reserved", check("::/64"), /overlaps ::1\/128, which is loopback/);
+  refusedAs("subnet-reserved", check("fe80::/64"), /fe80::\/10, which is link-local/);
+  refusedAs("subnet-reserved", check("febf:1::/64"), /link-local/);
+  refusedAs("subnet-reserved", check("ff02::/64"), /ff00::\/8, which is multicast/);
+  refusedAs("subnet-in-use", check("2001:db8:1:2::/64", h), /host's own network 2001:db8:1:2::\/64 \(address 2001:db8:1:2::20\/64 on eth0\)/);
+  refusedAs("subnet-in-use", check("2001:db8:ff12:1::/64", h), /route to 2001:db8:ff00::\/40 \(via wg0\)/);
+  for (const ok of ["fd12:3456:789a:1::/64", "2001:db8:1:3::/64", "fec0::/64"]) checkSwitchIpv6Prefix(parseIpv6Prefix(ok), h);
+  checkSwitchIpv6Prefix(ulaPrefix(ID), h);
+});
+
+test("host networks on this machine: read with ip; its own LAN subnet is refused as a switch subnet", async () => {
+  const h = await readHostNetworks();
+  assert.ok(h.addresses.some((a) => a.dev === "lo" && a.family === "inet" && a.local === "127.0.0.1" && a.prefixlen === 8), "lo's 127.0.0.1/8");
+  const lan = h.addresses.find((a) => a.family === "inet" && !a.local.startsWith("127."));
+  assert.ok(lan, "this machine has an IPv4 address besides loopback");
+  // The subnet (within what switches take, /16../29) holding that address.
+  const len = Math.min(Math.max(lan.prefixlen, 16), 29);
+  const n = lan.local.split(".").map(Number).reduce((acc, b) => acc * 256 + b, 0);
+  const net = n - (n % 2 ** (32 - len));
+  const cidr = `${[net >>> 24, (net >>> 16) & 255, (net >>> 8) & 255, net & 255].join(".")}/${len}`;
+  refusedAs("subnet-in-use", () => checkSwitchSubnet(parseIpv4Subnet(cidr), h), new RegExp(`on ${lan.dev}`));
 });

@@ -113,7 +113,13 @@ export async function findQemuImg(env: Env = process.env): Promise<string> {
   return findProgram("VMHOST_QEMU_IMG", "qemu-img", "qemu-utils", env);
 }
 
-/** Not memoized: the building block of hostPaths(), exposed so tests can point it at other dirs. */
+/**
+ * Not memoized: the building block of hostPaths(), exposed so tests can point it at other dirs.
+ * Everything is looked up at once, and everything missing is reported together in one
+ * VmhostError("host-missing", 500) whose message lists, in this fixed order and joined by "; ":
+ * the QEMU binary, qemu-img, the OVMF files, the SeaBIOS file. The outcome never depends on
+ * which lookup finishes first.
+ */
 export async function resolveHostPaths(env: Env = process.env, dirs: Readonly<HostDirs> = DEBIAN_DIRS): Promise<HostPaths> {
   const ovmf = (name: string): string => join(dirs.ovmfDir, name);
   const required = {
@@ -126,9 +132,9 @@ export async function resolveHostPaths(env: Env = process.env, dirs: Readonly<Ho
   const snakeoil = { code: ovmf("OVMF_CODE_4M.snakeoil.fd"), vars: ovmf("OVMF_VARS_4M.snakeoil.fd") };
   const secboot = ovmf("OVMF_CODE_4M.secboot.fd");
 
-  const [qemuBinary, qemuImg, reqOk, biosOk, snakeCodeOk, snakeVarsOk, secbootOk, ipxeOk, kvmDevice] = await Promise.all([
-    findQemuBinary(env),
-    findQemuImg(env),
+  const [programs, reqOk, biosOk, snakeCodeOk, snakeVarsOk, secbootOk, ipxeOk, kvmDevice] = await Promise.all([
+    // Settled, not raced: both answers are awaited, so both absences can be named.
+    Promise.allSettled([findQemuBinary(env), findQemuImg(env)]),
     Promise.all(Object.values(required).map((p) => isFile(p, constants.R_OK))),
     isFile(bios, constants.R_OK),
     isFile(snakeoil.code, constants.R_OK),
@@ -138,17 +144,19 @@ export async function resolveHostPaths(env: Env = process.env, dirs: Readonly<Ho
     stat(dirs.kvmDevice).then((st) => st.isCharacterDevice(), () => false),
   ]);
 
+  const missing: string[] = [];
+  for (const p of programs) {
+    if (p.status === "fulfilled") continue;
+    if (!(p.reason instanceof VmhostError)) throw p.reason;
+    missing.push(p.reason.message);
+  }
   const missingOvmf = Object.values(required).filter((_, i) => !reqOk[i]);
-  if (missingOvmf.length > 0) {
-    throw new VmhostError(
-      "host-missing",
-      `UEFI firmware missing: ${missingOvmf.join(", ")} (install the Debian package ovmf)`,
-      500,
-    );
-  }
-  if (!biosOk) {
-    throw new VmhostError("host-missing", `BIOS firmware missing: ${bios} (install the Debian package seabios)`, 500);
-  }
+  if (missingOvmf.length > 0) missing.push(`UEFI firmware missing: ${missingOvmf.join(", ")} (install the Debian package ovmf)`);
+  if (!biosOk) missing.push(`BIOS firmware missing: ${bios} (install the Debian package seabios)`);
+  const [qemu, img] = programs;
+  if (missing.length > 0 || qemu.status !== "fulfilled" || img.status !== "fulfilled") throw new VmhostError("host-missing", missing.join("; "), 500);
+  const qemuBinary = qemu.value;
+  const qemuImg = img.value;
 
   const facts: HostPaths = {
     qemuBinary,

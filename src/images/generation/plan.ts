@@ -179,7 +179,8 @@ export function convertedGrubCfg(b: Omit<BootPlan, "newCmdline"> & { newCmdline:
   ];
   if (b.kernelFs.partition !== espPartition) {
     if (!b.kernelFs.uuid) throw new Error(`partition ${b.kernelFs.partition} has no file system UUID to search for`);
-    lines.push(`search --no-floppy --fs-uuid --set=root ${b.kernelFs.uuid}`);
+    // GRUB compares file system UUIDs case-insensitively (grub-core/commands/search.c); it prints them lower case.
+    lines.push(`search --no-floppy --fs-uuid --set=root ${b.kernelFs.uuid.toLowerCase()}`);
   }
   lines.push(`echo "vmhost convert-generation: GRUB is loading ${b.kernel.path}"`);
   lines.push(`linux ${b.kernel.path}${b.newCmdline ? " " + b.newCmdline : ""}`);

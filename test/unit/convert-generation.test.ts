@@ -65,6 +65,8 @@ interface PartSpec {
   files?: Record<string, { from: string } | { text: string }>;
   /** The syslinux.cfg APPEND line. */
   cmdline?: string;
+  /** The kernel copied in (default: the appliance's signed one). */
+  kernel?: string;
 }
 
 /**
@@ -101,7 +103,7 @@ async function makeDisk(name: string, sizeMiB: number, parts: PartSpec[], opts: 
       const cfg = join(work, `${name}.syslinux.cfg`);
       await writeFile(cfg, syslinuxCfg(p.cmdline ?? appliance.manifest.cmdline));
       sh("mcopy", ["-i", `${img}@@${off}`, cfg, "::/syslinux.cfg"]);
-      sh("mcopy", ["-i", `${img}@@${off}`, kernel, "::/vmlinuz"]);
+      sh("mcopy", ["-i", `${img}@@${off}`, p.kernel ?? kernel, "::/vmlinuz"]);
       sh("mcopy", ["-i", `${img}@@${off}`, initrd, "::/initrd.img"]);
       sh("syslinux", ["--install", "--offset", String(off), img]);
     } else if (p.content === "ext4") {
@@ -209,6 +211,22 @@ describe("inspect: which MBR disks can be converted", () => {
     assert.equal(p.esp.action, "repurpose");
   });
 
+  test("an unsigned kernel: Secure Boot starts off, with the reason and how to turn it on", async () => {
+    // The appliance's kernel with its certificate table entry (PE data directory 4) zeroed.
+    const k = Buffer.from(await readFile(kernel));
+    const pe = k.readUInt32LE(0x3c);
+    const dir = pe + 24 + (k.readUInt16LE(pe + 24) === 0x20b ? 112 : 96) + 4 * 8;
+    k.fill(0, dir, dir + 8);
+    const unsigned = join(work, "vmlinuz-unsigned");
+    await writeFile(unsigned, k);
+    const img = await makeDisk("unsigned.raw", 64, [{ sizeMiB: 40, type: "6", bootable: true, content: "syslinux", kernel: unsigned }]);
+    const p = plan(await inspect(img, "raw", { bootChain: chain }));
+    assert.equal(p.secureBoot.enabled, false);
+    assert.equal(p.secureBoot.template, "MicrosoftUEFICertificateAuthority");
+    assert.match(p.secureBoot.why, /the kernel \/vmlinuz is not signed; Debian's shim starts only kernels Debian Secure Boot CA signed/);
+    assert.match(p.secureBoot.why, /vmhost firmware set NAME --secure-boot on/);
+  });
+
   test("a FAT partition too full for shim and GRUB: a new FAT32 ESP behind it, the disk grown for it", async () => {
     const img = await makeDisk("tight.raw", 16, [{ type: "6", bootable: true, content: "syslinux" }]);
     const p = plan(await inspect(img, "raw", { bootChain: chain }));
@@ -278,6 +296,31 @@ describe("inspect: which MBR disks can be converted", () => {
     assert.match(cfgOnEsp, new RegExp(`root=PARTUUID=${guid2.toLowerCase()} `));
     assert.match(sh("sgdisk", ["-i", "3", out]), /EFI system partition/i);
     assert.match(sh("blkid", ["-p", "-O", String(espOff), "-o", "value", "-s", "VERSION", out]), /FAT32/);
+  });
+});
+
+describe("inspect: disks that are GPT already", () => {
+  test("the appliance's Gen2 disk: its ESP's loader is kept, and shim's signer picks the template", async () => {
+    const before = await sha256(appliance.gen2Disk);
+    const p = plan(await inspect(appliance.gen2Disk, "raw", { bootChain: chain }));
+    assert.equal(await sha256(appliance.gen2Disk), before);
+    assert.deepEqual(p.esp, { action: "existing", partition: 1 });
+    assert.deepEqual(p.loader, { kind: "existing", path: "\\EFI\\BOOT\\BOOTX64.EFI", signer: "Microsoft Windows UEFI Driver Publisher" });
+    assert.deepEqual([p.secureBoot.enabled, p.secureBoot.template], [true, "MicrosoftUEFICertificateAuthority"]);
+    assert.equal(p.gpt, undefined);
+  });
+
+  test("a GPT disk without an EFI System Partition is refused with what to do", async () => {
+    const img = join(work, "gpt-linux.raw");
+    const fh = await open(img, "wx");
+    await fh.truncate(32 * MiB);
+    await fh.close();
+    sh("sgdisk", ["-n", "1:2048:+16M", "-t", "1:8300", img]);
+    const r = await inspect(img, "raw", { bootChain: chain });
+    assert.equal(r.convertible, false);
+    if (r.convertible) return;
+    assert.deepEqual(r.refusals.map((x) => x.code), ["gpt-without-uefi-loader"]);
+    assert.match(r.refusals[0]!.fix, /grub-install --target=x86_64-efi --removable/);
   });
 });
 

@@ -431,6 +431,8 @@ export async function inspectRaw(raw: string, source: { path: string; format: Im
     if (m && (m[2] !== "sd" || m[3] !== "a"))
       warnings.push(`${tok} names a device by its kernel name; on Generation 2 the boot disk is SCSI 0:0 (/dev/sda), so use root=UUID=... in the guest if it does not boot`);
   }
+  if (/(^|\s)root=/.test(newCmdline))
+    warnings.push("the root file system is on a disk: on Generation 2 that disk is on virtio-SCSI, so the guest's initramfs must load virtio_scsi (Debian's default MODULES=most does; check with `lsinitramfs /boot/initrd.img-$(uname -r) | grep virtio_scsi` in the guest)");
   if (!/(^|\s)root=/.test(newCmdline) && initrd.length === 0) warnings.push("the command line has no root= and there is no initrd: the kernel will not find a root file system");
 
   // Secure Boot: shim's signer picks the template; shim starts only kernels its vendor CA signed.

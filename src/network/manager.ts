@@ -9,9 +9,21 @@ import type { NetworkAdapter, VmConfig, VmState } from "../model/schema.js";
 import type { Supervisor } from "../supervisor/supervisor.js";
 import { VmhostError, notFound } from "../util/errors.js";
 import { KeyedMutex } from "../util/mutex.js";
-import { formatIpv4Subnet, gatewayAddress, parseIpv4, parseIpv4Subnet, parseIpv6Prefix, subnetsOverlap, ulaPrefix, type Ipv4Subnet } from "./addr.js";
+import {
+  checkSwitchIpv6Prefix,
+  checkSwitchSubnet,
+  formatIpv4Subnet,
+  gatewayAddress,
+  parseIpv4,
+  parseIpv4Subnet,
+  parseIpv6Prefix,
+  subnetsOverlap,
+  ulaPrefix,
+  type HostNetworks,
+  type Ipv4Subnet,
+} from "./addr.js";
 import { ensureSwitch, switchStatus, teardownSwitch, type SwitchStatus } from "./ensure.js";
-import { hasNetAdmin, hostAddresses, ip, link, netError, requireNetAdmin } from "./host.js";
+import { hasNetAdmin, hostAddresses, ip, link, netError, readHostNetworks, requireNetAdmin } from "./host.js";
 import { deleteLink, ensureMaster, ensureTap } from "./links.js";
 import { NAMES } from "./names.js";
 import { DEFAULT_SWITCH, SwitchConfig, SwitchName, SwitchType } from "./schema.js";
@@ -184,6 +196,18 @@ export class NetworkManager {
       }
     } else if (dhcp) {
       ipv6Prefix = ulaPrefix(id);
+    }
+    // The host's own networks and reserved ranges are refused (a switch on the host's LAN would
+    // give the host its gateway's address). A private switch puts no address on the host.
+    if (subnet || ipv6Prefix) {
+      const hostNets: HostNetworks = type === "Private" ? { routes: [], addresses: [] } : await readHostNetworks();
+      try {
+        if (subnet) checkSwitchSubnet(subnet, hostNets);
+        if (ipv6Prefix) checkSwitchIpv6Prefix(ipv6Prefix, hostNets);
+      } catch (err) {
+        if (err instanceof VmhostError) throw new VmhostError(err.code, `switch "${req.name}" (${type}): ${err.message}`, err.status);
+        throw err;
+      }
     }
     let boot: SwitchConfig["boot"];
     if (req.bootDir && req.bootFile) {

@@ -2,7 +2,7 @@
 // a crash or a failed tool never leaves a half-written image under the real name, and a failure
 // removes the temp file. Temp names carry the writer's pid so a sweep can tell dead writers' leftovers.
 import { randomBytes } from "node:crypto";
-import { chmod, chown, link, lstat, open, readdir, rename, stat, unlink } from "node:fs/promises";
+import { chmod, chown, link, lstat, open, readdir, realpath, rename, stat, unlink } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 import { syncDir } from "../util/atomic.js";
 import { VmhostError } from "../util/errors.js";
@@ -45,11 +45,14 @@ async function fsyncFile(path: string): Promise<void> {
  * Runs `produce(tmp)` and publishes the result at `path`.
  * - "new": `path` must not exist; published with link(2), which fails if `path` appeared meanwhile,
  *   so nothing is ever overwritten; the file gets IMAGE_FILE_MODE.
- * - "replace": `path` must exist; published with rename(2) over it, with its mode and owner kept.
+ * - "replace": `path` must exist; published with rename(2) over it (over the file a symlink names),
+ *   with its mode and owner kept.
  * The temp file is fsynced before and the directory after publishing, and removed on any failure.
  * Errors: `exists` (409) for "new" when `path` exists; whatever `produce` throws.
  */
-export async function withStagedFile<T>(path: string, mode: "new" | "replace", produce: (tmp: string) => Promise<T>): Promise<T> {
+export async function withStagedFile<T>(given: string, mode: "new" | "replace", produce: (tmp: string) => Promise<T>): Promise<T> {
+  // Replacing through a symlink replaces the file it names, not the link.
+  const path = mode === "replace" ? await realpath(given) : given;
   const original = mode === "replace" ? await stat(path) : undefined;
   if (mode === "new") await refuseExisting(path);
   const dir = dirname(path);

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
 import { createHash } from "node:crypto";
-import { link, mkdtemp, open, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
+import { link, lstat, mkdtemp, open, readdir, readFile, rm, stat, symlink, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -306,6 +306,18 @@ describe("VHD tools on real images", () => {
       assert.equal((await stat(child)).mode & 0o777, 0o640);
       await qemuIo("qcow2", child, "read -P 0x10 0 1M", "read -P 0x20 1M 1M", "read -P 0x10 2M 2M", "read -P 0 8M 16M");
       assert.equal((await checkVhd(child, opts())).clean, true);
+    });
+
+    it("compacts the file a symlink names, leaving the link a link", async () => {
+      const real = join(dir, "real-target.qcow2");
+      await newVhd({ path: real, sizeBytes: 16 * MiB }, opts());
+      await qemuIo("qcow2", real, "write -P 0 0 8M");
+      const alias = join(dir, "alias.qcow2");
+      await symlink(real, alias);
+      const before = (await stat(real)).size;
+      await compactVhd(alias, {}, opts());
+      assert.ok((await lstat(alias)).isSymbolicLink());
+      assert.ok((await stat(real)).size < before);
     });
 
     it("says which formats cannot be compacted, and refuses disks in use or hard-linked", async () => {

@@ -139,3 +139,17 @@ describe("checkDeclaredFormat on images qemu-img made", () => {
     assert.equal((await stat(p)).size, 8);
   });
 });
+
+describe("VHD request schemas", () => {
+  it("accept well-formed requests and refuse the rest with a reason", async () => {
+    const { NewVhdRequestSchema, ResizeVhdRequestSchema, ConvertVhdRequestSchema } = await import("../../src/images/vhd-api.js");
+    assert.ok(NewVhdRequestSchema.safeParse({ path: "/d/a.vhd", sizeBytes: 1048576, type: "Fixed" }).success);
+    assert.ok(NewVhdRequestSchema.safeParse({ path: "/d/c.qcow2", parent: { path: "/d/a.vhd" } }).success);
+    const noSize = NewVhdRequestSchema.safeParse({ path: "/d/a.vhd" });
+    assert.ok(!noSize.success && /give the new disk's size/.test(noSize.error.message));
+    assert.ok(!NewVhdRequestSchema.safeParse({ path: "/d/a.vhd", sizeBytes: 1000 }).success);
+    assert.ok(!NewVhdRequestSchema.safeParse({ path: "/d/a.vmdk", sizeBytes: 512, format: "vmdk" }).success);
+    assert.ok(!ResizeVhdRequestSchema.safeParse({ path: "/d/a.vhd", sizeBytes: -512 }).success);
+    assert.ok(!ConvertVhdRequestSchema.safeParse({ source: "/a.img", destination: "/b.vhdx", extra: 1 }).success);
+  });
+});

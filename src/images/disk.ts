@@ -1,20 +1,24 @@
-import { execFile } from "node:child_process";
-import { randomBytes } from "node:crypto";
-import { link, lstat, open, stat, unlink } from "node:fs/promises";
-import { basename, dirname, join, resolve } from "node:path";
-import { promisify } from "node:util";
-import { z } from "zod";
-import { syncDir } from "../util/atomic.js";
+// The service's entry points for disk images (createDisk, createOverlay, diskInfo, formatFromPath),
+// kept with their signatures; the work is done by format.ts (explicit formats), chain.ts (backing
+// chains), staging.ts (whole-or-absent outputs) and vhd.ts (the VHD tools).
+import { resolve } from "node:path";
 import { VmhostError } from "../util/errors.js";
+import { qemuImgInfo } from "./chain.js";
+import { checkDeclaredFormat, formatFromExtension, isVhdFormat, qemuDriverOf, vhdFormatOfDriver, type VhdFormat } from "./format.js";
+import { withStagedFile } from "./staging.js";
+import { qemuImg } from "./tools.js";
 
 export { formatSize, parseSize } from "../util/size.js";
 
-const execFileP = promisify(execFile);
-
+/**
+ * The formats the VM configuration stores today (src/model/schema.ts DiskFormat). VhdFormat (format.ts)
+ * adds "vhd"; the configuration schema needs it too before a VHD can be attached.
+ */
 export type DiskFormat = "vhdx" | "qcow2" | "raw";
 
 export interface DiskInfo {
   path: string;
+  /** QEMU's driver name ("vpc" for a VHD). */
   format: string;
   virtualSize: number;
   actualSize: number;
@@ -24,41 +28,14 @@ export interface DiskInfo {
   dirty?: boolean;
 }
 
-const FORMAT_BY_EXT: Readonly<Record<string, DiskFormat>> = {
-  ".vhdx": "vhdx",
-  ".qcow2": "qcow2",
-  ".img": "raw",
-  ".raw": "raw",
-};
-
-export function formatFromPath(path: string): DiskFormat | undefined {
-  const m = /\.[^./]+$/.exec(basename(path));
-  return m ? FORMAT_BY_EXT[m[0].toLowerCase()] : undefined;
-}
-
 /**
- * qemu-img's location. images/ may not import engine/, so this mirrors host.ts's VMHOST_QEMU_IMG override;
- * execFile searches PATH for the bare name.
+ * The format a file's extension declares, among the configuration's formats (.vhd gives undefined here
+ * until the configuration accepts "vhd"; formatFromExtension in format.ts knows it).
+ * @deprecated use formatFromExtension (format.ts), and checkDeclaredFormat to check the content.
  */
-function qemuImgBinary(): string {
-  const env = process.env["VMHOST_QEMU_IMG"];
-  return env && env.length > 0 ? env : "qemu-img";
-}
-
-async function qemuImg(args: string[]): Promise<string> {
-  const bin = qemuImgBinary();
-  try {
-    const { stdout } = await execFileP(bin, args, { maxBuffer: 16 * 1024 * 1024, timeout: 120_000 });
-    return stdout;
-  } catch (err) {
-    const e = err as NodeJS.ErrnoException & { stderr?: unknown };
-    if (e.code === "ENOENT") {
-      throw new VmhostError("host-missing", `${bin} not found (install the Debian package qemu-utils, or set VMHOST_QEMU_IMG)`, 500);
-    }
-    const stderr = typeof e.stderr === "string" ? e.stderr.trim() : "";
-    const msg = stderr.replace(/^qemu-img:\s*/gm, "") || e.message;
-    throw new VmhostError("qemu-img", `qemu-img ${args[0] ?? ""} failed: ${msg}`);
-  }
+export function formatFromPath(path: string): DiskFormat | undefined {
+  const f = formatFromExtension(path);
+  return f === "vhd" ? undefined : f;
 }
 
 const SECTOR = 512;
@@ -73,109 +50,61 @@ function checkSize(sizeBytes: number): void {
   }
 }
 
-async function refuseExisting(path: string): Promise<void> {
-  try {
-    await lstat(path);
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === "ENOENT") return;
-    throw err;
-  }
-  throw new VmhostError("exists", `${path} already exists; refusing to overwrite it`, 409);
-}
-
 /**
- * Lets qemu-img write a temp file next to `path`, fsyncs it, then hard-links it into place: link()
- * fails if `path` appeared meanwhile, so an existing file is never overwritten, and a crash never
- * leaves a half-written image under the real name.
+ * A new empty disk, published whole (temp file, then link(2): never overwrites). vhdx and vhd are
+ * dynamic (sparse, grow on write), as Hyper-V's default; a VHD's size is exact (force_size=on).
+ * For a fixed disk or a differencing one use newVhd (vhd.ts).
+ * Errors: `bad-size`, `bad-format`, `exists` (409), `qemu-img`.
  */
-async function createInPlace(path: string, makeArgs: (target: string) => string[]): Promise<void> {
-  await refuseExisting(path);
-  const dir = dirname(path);
-  const tmp = join(dir, `.${basename(path)}.${process.pid}.${randomBytes(4).toString("hex")}.tmp`);
-  try {
-    await qemuImg(makeArgs(tmp));
-    const fh = await open(tmp, "r+");
-    try {
-      await fh.sync();
-    } finally {
-      await fh.close();
-    }
-    try {
-      await link(tmp, path);
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === "EEXIST") {
-        throw new VmhostError("exists", `${path} already exists; refusing to overwrite it`, 409);
-      }
-      throw err;
-    }
-  } finally {
-    await unlink(tmp).catch(() => undefined);
-  }
-  await syncDir(dir);
-}
-
-const FORMAT_RE = /^[a-z0-9_-]+$/;
-
-/** A new empty disk. vhdx is dynamic (sparse, grows on write), as Hyper-V's default. */
-export async function createDisk(path: string, sizeBytes: number, format: DiskFormat): Promise<void> {
+export async function createDisk(path: string, sizeBytes: number, format: DiskFormat | VhdFormat): Promise<void> {
   checkSize(sizeBytes);
-  const opts: Record<DiskFormat, string[]> = {
+  if (!isVhdFormat(format)) throw new VmhostError("bad-format", `unknown disk format "${String(format)}" (use vhdx, vhd, qcow2 or raw)`);
+  const opts: Record<VhdFormat, string[]> = {
     vhdx: ["-o", "subformat=dynamic"],
+    vhd: ["-o", "subformat=dynamic,force_size=on"],
     qcow2: [],
     raw: [],
   };
-  const extra = opts[format];
-  if (!extra) throw new VmhostError("bad-format", `unknown disk format "${String(format)}" (use vhdx, qcow2 or raw)`);
-  await createInPlace(path, (target) => ["create", "-q", "-f", format, ...extra, target, String(sizeBytes)]);
+  await withStagedFile(path, "new", (tmp) => qemuImg(["create", "-q", "-f", qemuDriverOf(format), ...opts[format], tmp, String(sizeBytes)]));
+}
+
+function backingFormatOf(s: string): VhdFormat {
+  const f = isVhdFormat(s) ? s : vhdFormatOfDriver(s);
+  if (!f) throw new VmhostError("bad-format", `invalid backing format "${s}" (use vhdx, vhd, qcow2 or raw)`);
+  return f;
 }
 
 /**
  * A qcow2 copy-on-write overlay on `backing`, which is never written. The backing path is stored
- * absolute, so the overlay keeps working whatever the current directory of whoever opens it.
+ * absolute with its format, so the overlay keeps working whatever the current directory of whoever
+ * opens it, and QEMU never probes the backing file. The backing file's content must agree with
+ * `backingFormat` (checkDeclaredFormat), and it must be a regular file.
+ * Errors: `bad-format`, `not-found` (404), `not-a-regular-file`, `image-format-mismatch`, `exists`, `qemu-img`.
  */
-export async function createOverlay(path: string, backing: string, backingFormat: DiskFormat | string): Promise<void> {
-  if (!FORMAT_RE.test(backingFormat)) {
-    throw new VmhostError("bad-format", `invalid backing format "${backingFormat}"`);
-  }
+export async function createOverlay(path: string, backing: string, backingFormat: DiskFormat | VhdFormat | string): Promise<void> {
+  const format = backingFormatOf(backingFormat);
   const absBacking = resolve(backing);
   try {
-    const st = await stat(absBacking);
-    if (!st.isFile() && !st.isBlockDevice()) throw new Error("not a file");
-  } catch {
-    throw new VmhostError("not-found", `backing image ${absBacking} not found`, 404);
+    await checkDeclaredFormat(absBacking, format);
+  } catch (err) {
+    if (err instanceof VmhostError && err.code === "not-found") throw new VmhostError("not-found", `backing image ${absBacking} not found`, 404);
+    throw err;
   }
-  await createInPlace(path, (target) => ["create", "-q", "-f", "qcow2", "-F", backingFormat, "-b", absBacking, target]);
+  await withStagedFile(path, "new", (tmp) => qemuImg(["create", "-q", "-f", "qcow2", "-F", qemuDriverOf(format), "-b", absBacking, tmp]));
 }
 
-const infoSchema = z
-  .object({
-    "virtual-size": z.number(),
-    format: z.string(),
-    "actual-size": z.number().optional(),
-    "backing-filename": z.string().optional(),
-    "full-backing-filename": z.string().optional(),
-    "backing-filename-format": z.string().optional(),
-    "dirty-flag": z.boolean().optional(),
-  })
-  .passthrough();
-
 /**
- * `qemu-img info`. The format is probed unless given; -U reads images that a running VM holds locked.
- * vhdx reports no format-specific section, so there is no subformat here.
+ * `qemu-img info` of one image, with an explicit format: `opts.format` if given, else the file's
+ * extension; either way checked against the content first (checkDeclaredFormat), so QEMU never probes.
+ * The backing chain is not followed or checked: walkBackingChain (chain.ts) does that. -U reads images
+ * a running VM holds locked.
+ * Errors: checkDeclaredFormat's (`format-unknown` for a name without a known extension,
+ * `image-format-mismatch`, `not-found`, ...), `qemu-img`.
  */
-export async function diskInfo(path: string, opts: { format?: DiskFormat | string } = {}): Promise<DiskInfo> {
-  const args = ["info", "--output=json", "-U"];
-  if (opts.format !== undefined) {
-    if (!FORMAT_RE.test(opts.format)) throw new VmhostError("bad-format", `invalid disk format "${opts.format}"`);
-    args.push("-f", opts.format);
-  }
-  const stdout = await qemuImg([...args, path]);
-  let parsed: z.infer<typeof infoSchema>;
-  try {
-    parsed = infoSchema.parse(JSON.parse(stdout));
-  } catch (err) {
-    throw new VmhostError("qemu-img", `qemu-img info ${path}: unexpected output (${err instanceof Error ? err.message : String(err)})`, 500);
-  }
+export async function diskInfo(path: string, opts: { format?: DiskFormat | VhdFormat | string } = {}): Promise<DiskInfo> {
+  const declared = opts.format === undefined ? undefined : isVhdFormat(opts.format) ? opts.format : (vhdFormatOfDriver(opts.format) ?? opts.format);
+  const checked = await checkDeclaredFormat(path, declared);
+  const parsed = await qemuImgInfo(path, checked.format);
   const info: DiskInfo = {
     path,
     format: parsed.format,

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { mkdtemp, readdir, rm, stat, writeFile } from "node:fs/promises";
+import { copyFile, mkdtemp, readdir, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -130,17 +130,48 @@ describe("disk images via qemu-img", () => {
   });
 
   it("reports qemu-img's own message", async () => {
-    await assert.rejects(diskInfo(join(dir, "missing.qcow2")), (err: Error) => {
-      assert.match(err.message, /^qemu-img info failed: .*missing\.qcow2.*No such file or directory/);
+    // A file with qcow2's magic and nothing sensible after it: the format check passes, qemu-img refuses.
+    const bad = join(dir, "bad.qcow2");
+    await writeFile(bad, Buffer.concat([Buffer.from([0x51, 0x46, 0x49, 0xfb]), Buffer.alloc(508, 0xee)]));
+    await assert.rejects(diskInfo(bad), (err: Error) => {
+      assert.match(err.message, /^qemu-img info failed: Could not open .*bad\.qcow2.*/);
       return true;
     });
-    // Told the wrong format, qemu-img refuses rather than guessing.
-    await assert.rejects(diskInfo(join(dir, "b.qcow2"), { format: "vhdx" }), /qemu-img info failed: Could not open .*b\.qcow2.*Invalid argument/);
     await assert.rejects(createOverlay(join(dir, "o.qcow2"), join(dir, "nobase.vhdx"), "vhdx"), /backing image .*nobase\.vhdx not found/);
     // qemu-img refuses a vhdx larger than 64 TiB.
     await assert.rejects(createDisk(join(dir, "huge.vhdx"), 65 * 1024 * 1024 * MiB, "vhdx"), /qemu-img create failed: .+/);
     const names = await readdir(dir);
     assert.ok(!names.includes("huge.vhdx"));
     assert.deepEqual(names.filter((n) => n.endsWith(".tmp")), []);
+  });
+
+  it("never lets qemu-img probe: the format comes from the caller or the extension and must match the content", async () => {
+    await assert.rejects(diskInfo(join(dir, "missing.qcow2")), /disk image .*missing\.qcow2 not found/);
+    // Told the wrong format, vmhost refuses before qemu-img opens anything.
+    await assert.rejects(diskInfo(join(dir, "b.qcow2"), { format: "vhdx" }), /b\.qcow2: it was declared vhdx, but it holds a qcow2 header/);
+    // A ".img" holding qcow2 is not read as qcow2 (that is how a hostile image picks its backing file).
+    const disguised = join(dir, "disguised.img");
+    await createDisk(join(dir, "real.qcow2"), 8 * MiB, "qcow2");
+    await copyFile(join(dir, "real.qcow2"), disguised);
+    await assert.rejects(diskInfo(disguised), /disguised\.img: its extension says raw, but it holds a qcow2 header/);
+    // No extension, no declaration: no guess.
+    const bare = join(dir, "bare");
+    await writeFile(bare, Buffer.alloc(MiB));
+    await assert.rejects(diskInfo(bare), /cannot tell the format of .*bare from its name/);
+    assert.equal((await diskInfo(bare, { format: "raw" })).virtualSize, MiB);
+    // A backing file must hold what the overlay will record.
+    await assert.rejects(createOverlay(join(dir, "o2.qcow2"), disguised, "raw"), /disguised\.img: it was declared raw, but it holds a qcow2 header/);
+    await assert.rejects(createOverlay(join(dir, "o3.qcow2"), dir, "raw"), /is a directory, not a disk image file/);
+    assert.deepEqual((await readdir(dir)).filter((n) => n.startsWith("o2") || n.startsWith("o3")), []);
+  });
+
+  it("creates a dynamic VHD of the exact size asked for", async () => {
+    const p = join(dir, "d.vhd");
+    await createDisk(p, 10 * MiB, "vhd");
+    const info = await diskInfo(p);
+    assert.equal(info.format, "vpc");
+    // Without force_size QEMU would round 10 MiB up to a CHS geometry (10514432 bytes).
+    assert.equal(info.virtualSize, 10 * MiB);
+    assert.ok((await stat(p)).size < MiB, "dynamic: the file holds headers only");
   });
 });

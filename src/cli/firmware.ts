@@ -11,6 +11,7 @@ export const FIRMWARE_USAGE = `Firmware (Get-VMFirmware / Set-VMFirmware)
            [--secure-boot on|off] [--secure-boot-template MicrosoftWindows|MicrosoftUEFICertificateAuthority|OpenSourceShieldedVM]
            [--network-boot-dir DIR --network-boot-file FILE | --no-network-boot]      (generation 2)
   firmware set NAME --startup-order CD,IDE,LegacyNetworkAdapter,Floppy                  (generation 1)
+  firmware reset NAME       a new NVRAM from the template (boot entries an OS made are lost; VM off)
   DEVICE is an adapter name or MAC, a drive location like "SCSI 0:1", or a disk path.`;
 
 function onOff(v: string | undefined, what: string): boolean | undefined {
@@ -84,7 +85,14 @@ export async function firmwareCommand(api: ServiceClient, rest: string[]): Promi
     out(!!v["json"], f, () => printView(f));
     return 0;
   }
-  if (sub !== "set") throw new VmhostError("usage", "firmware get|set NAME ...");
+  if (sub === "reset") {
+    const r = await api.call<FirmwareSetResult>("POST", `${path}/reset`);
+    out(!!v["json"], r, () => {
+      for (const m of r.messages) console.log(`${name}: ${m}`);
+    });
+    return 0;
+  }
+  if (sub !== "set") throw new VmhostError("usage", "firmware get|set|reset NAME ...");
   const proto = str("preferred-network-boot-protocol");
   if (proto !== undefined && !/^ipv[46]$/i.test(proto)) throw new VmhostError("usage", "--preferred-network-boot-protocol must be ipv4 or ipv6");
   if ((str("network-boot-dir") === undefined) !== (str("network-boot-file") === undefined)) {

@@ -14,14 +14,15 @@ import { NETWORK_USAGE, netbootCommand, nicConnectCommand, switchCommand } from 
 const USAGE = `vmhost: Hyper-V-style virtual machines on QEMU
 
 VMs
-  new NAME --generation 1|2 [--cpus N] [--memory SIZE] [--disk PATH | --new-disk SIZE[:vhdx|qcow2|raw]]
-           [--dvd ISO] [--appliance] [--notes TEXT]
+  new NAME --generation 1|2 [--cpus N] [--memory SIZE] [--disk PATH [--disk-format F] | --new-disk SIZE[:vhdx|vhd|qcow2|raw]]
+           [--dvd ISO] [--appliance] [--notes TEXT]       (names: up to 100 characters, spaces allowed)
   list [--json]                 show NAME [--json]
   start NAME                    stop NAME [--force] [--timeout SECONDS]
   turn-off NAME                 pause NAME          resume NAME
   save NAME                     restart NAME        remove NAME [--delete-disks]
-  set NAME [--cpus N] [--memory SIZE] [--notes TEXT]
-  disk add NAME (PATH | --new SIZE[:FORMAT]) [--controller-type SCSI|IDE] [--controller N] [--location N]
+  rename NAME NEWNAME
+  set NAME [--cpus N] [--memory SIZE] [--notes TEXT] [--checkpoint-type Disabled|Production|ProductionOnly|Standard] [--display on|off]
+  disk add NAME (PATH [--format vhdx|vhd|qcow2|raw] | --new SIZE[:FORMAT]) [--controller-type SCSI|IDE] [--controller N] [--location N]
   disk remove NAME (PATH | "SCSI 0:1")
   dvd set NAME ISO [--drive "IDE 1:0"]        dvd eject NAME [--drive REF]
   floppy set NAME VFD           floppy eject NAME   (generation 1 only)
@@ -56,16 +57,28 @@ function memoryMiB(v: string | boolean | undefined): number | undefined {
   return bytes / (1024 * 1024);
 }
 
-function newDiskSpec(v: string): { sizeBytes: number; format: "vhdx" | "qcow2" | "raw" } {
-  const [size = "", format = "vhdx"] = v.split(":");
-  if (format !== "vhdx" && format !== "qcow2" && format !== "raw") {
-    throw new VmhostError("usage", `disk format "${format}" is not one of vhdx, qcow2, raw`);
-  }
+type Format = "vhdx" | "vhd" | "qcow2" | "raw";
+
+function diskFormat(v: string | boolean | undefined, what: string): Format | undefined {
+  if (v === undefined) return undefined;
+  if (v !== "vhdx" && v !== "vhd" && v !== "qcow2" && v !== "raw") throw new VmhostError("usage", `${what} must be vhdx, vhd, qcow2 or raw (got ${JSON.stringify(v)})`);
+  return v;
+}
+
+function newDiskSpec(v: string): { sizeBytes: number; format: Format } {
+  const [size = "", fmt = "vhdx"] = v.split(":");
+  const format = diskFormat(fmt, "the new disk's format")!;
   try {
     return { sizeBytes: parseSize(size), format };
   } catch (err) {
     throw new VmhostError("usage", `new disk size: ${(err as Error).message}`);
   }
+}
+
+function onOff(v: string | boolean | undefined, what: string): boolean {
+  if (v === "on" || v === "true") return true;
+  if (v === "off" || v === "false") return false;
+  throw new VmhostError("usage", `${what} must be on or off`);
 }
 
 export async function main(argv: string[]): Promise<number> {
@@ -85,6 +98,7 @@ export async function main(argv: string[]): Promise<number> {
         cpus: { type: "string" },
         memory: { type: "string" },
         disk: { type: "string" },
+        "disk-format": { type: "string" },
         "new-disk": { type: "string" },
         dvd: { type: "string" },
         appliance: { type: "boolean" },
@@ -100,6 +114,7 @@ export async function main(argv: string[]): Promise<number> {
         processorCount: int(v["cpus"], "--cpus"),
         memoryMiB: memoryMiB(v["memory"]),
         disk: v["disk"] as string | undefined,
+        diskFormat: diskFormat(v["disk-format"], "--disk-format"),
         newDisk: typeof v["new-disk"] === "string" ? newDiskSpec(v["new-disk"]) : undefined,
         dvd: v["dvd"] as string | undefined,
         appliance: v["appliance"] === true ? true : undefined,
@@ -173,11 +188,36 @@ export async function main(argv: string[]): Promise<number> {
       return 0;
     }
 
-    case "set": {
-      const { values: v, positionals: p } = args(rest, { cpus: { type: "string" }, memory: { type: "string" }, notes: { type: "string" } });
+    case "rename": {
+      const { values: v, positionals: p } = args(rest, {});
       const name = need(p, 0, "VM name");
-      const body = { processorCount: int(v["cpus"], "--cpus"), memoryMiB: memoryMiB(v["memory"]), notes: v["notes"] as string | undefined };
-      if (Object.values(body).every((x) => x === undefined)) throw new VmhostError("usage", "set needs --cpus, --memory or --notes");
+      const vm = await api.call<VmView>("POST", `/v1/vms/${enc(name)}/rename`, { name: need(p, 1, "new name") });
+      out(!!v["json"], vm, () => console.log(`Renamed "${name}" to "${vm.name}" (${vm.id}).`));
+      return 0;
+    }
+
+    case "set": {
+      const { values: v, positionals: p } = args(rest, {
+        cpus: { type: "string" },
+        memory: { type: "string" },
+        notes: { type: "string" },
+        "checkpoint-type": { type: "string" },
+        display: { type: "string" },
+      });
+      const name = need(p, 0, "VM name");
+      const ct = v["checkpoint-type"];
+      if (ct !== undefined && !["Disabled", "Production", "ProductionOnly", "Standard"].includes(String(ct))) {
+        throw new VmhostError("usage", "--checkpoint-type must be Disabled, Production, ProductionOnly or Standard");
+      }
+      const display = v["display"] === undefined ? undefined : onOff(v["display"], "--display");
+      const body = {
+        processorCount: int(v["cpus"], "--cpus"),
+        memoryMiB: memoryMiB(v["memory"]),
+        notes: v["notes"] as string | undefined,
+        checkpointType: ct as string | undefined,
+        display,
+      };
+      if (Object.values(body).every((x) => x === undefined)) throw new VmhostError("usage", "set needs --cpus, --memory, --notes, --checkpoint-type or --display");
       const vm = await api.call<VmView>("PATCH", `/v1/vms/${enc(name)}`, body);
       out(!!v["json"], vm, () => console.log(`${name}: ${vm.cpus} CPU(s), ${vm.memoryMiB} MiB`));
       return 0;
@@ -188,6 +228,7 @@ export async function main(argv: string[]): Promise<number> {
       if (sub === "add") {
         const { values: v, positionals: p } = args(r2, {
           new: { type: "string" },
+          format: { type: "string" },
           "controller-type": { type: "string" },
           controller: { type: "string" },
           location: { type: "string" },
@@ -198,6 +239,7 @@ export async function main(argv: string[]): Promise<number> {
         if (!p[1] && !v["new"]) throw new VmhostError("usage", "disk add needs a disk PATH or --new SIZE");
         const vm = await api.call<VmView>("POST", `/v1/vms/${enc(name)}/disks`, {
           path: p[1],
+          format: diskFormat(v["format"], "--format"),
           newDisk: typeof v["new"] === "string" ? newDiskSpec(v["new"]) : undefined,
           controllerType: ct,
           controllerNumber: int(v["controller"], "--controller"),

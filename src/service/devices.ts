@@ -1,6 +1,6 @@
 import { resolve } from "node:path";
 import { stat } from "node:fs/promises";
-import { createDisk, diskInfo, formatFromPath } from "../images/disk.js";
+import { createDisk } from "../images/disk.js";
 import {
   RuleError,
   checkSlot,
@@ -24,6 +24,7 @@ import { DEFAULT_SWITCH } from "../network/schema.js";
 import type { Supervisor } from "../supervisor/supervisor.js";
 import { VmhostError, notFound } from "../util/errors.js";
 import type { ChangeContext, VmChanges } from "./changes.js";
+import type { DiskPolicy } from "./disks.js";
 
 export interface DiskAddRequest {
   path?: string;
@@ -52,30 +53,6 @@ export async function newDiskPath(disksDir: string, vmId: string, what: string, 
   }
 }
 
-/**
- * An image the user names: it must exist and be a regular file or block device, and its format
- * is the one the user gives or the extension says (qemu-img then opens it with that format
- * explicitly; content that disagrees is refused by it).
- */
-export async function existingImage(path: string, declared: DiskFormat | undefined, what = "disk image"): Promise<{ path: string; format: DiskFormat }> {
-  const abs = resolve(path);
-  let st;
-  try {
-    st = await stat(abs);
-  } catch {
-    throw new VmhostError("missing-file", `${what} ${abs} does not exist`, 404);
-  }
-  if (!st.isFile() && !st.isBlockDevice()) throw new VmhostError("bad-disk", `${what} ${abs} is not a regular file or block device`);
-  const format = declared ?? (formatFromPath(abs) as DiskFormat | undefined);
-  if (!format) throw new VmhostError("bad-disk", `the format of ${abs} is not known from its name: give it (--format vhdx|vhd|qcow2|raw)`);
-  try {
-    await diskInfo(abs, { format: format === "vhd" ? "vpc" : format });
-  } catch (err) {
-    throw new VmhostError("bad-disk", `${abs} does not open as ${format}: ${(err as Error).message}`);
-  }
-  return { path: abs, format };
-}
-
 /** An ISO or floppy image the user names: a regular file (a directory or nothing is refused). */
 export async function existingMedia(path: string, what: string): Promise<string> {
   const abs = resolve(path);
@@ -99,8 +76,10 @@ export class DeviceManager {
   private readonly network: NetworkManager;
   private readonly macs: MacPool;
   private readonly disksDir: string;
+  private readonly disks: DiskPolicy;
 
-  constructor(deps: { changes: VmChanges; supervisor: Supervisor; network: NetworkManager; macs: MacPool; disksDir: string }) {
+  constructor(deps: { changes: VmChanges; supervisor: Supervisor; network: NetworkManager; macs: MacPool; disksDir: string; disks: DiskPolicy }) {
+    this.disks = deps.disks;
     this.changes = deps.changes;
     this.supervisor = deps.supervisor;
     this.network = deps.network;
@@ -153,9 +132,10 @@ export class DeviceManager {
         // Made at its final path (a running QEMU opens it by name) and listed in the journal, so a
         // failed or interrupted change deletes it again.
         await ctx.txn.created(path);
-        await createDisk(path, req.newDisk.sizeBytes, creatable(req.newDisk.format));
+        await createDisk(path, req.newDisk.sizeBytes, req.newDisk.format);
       } else if (req.path) {
-        const img = await existingImage(req.path, req.format);
+        const img = await this.disks.check(req.path, req.format);
+        await this.disks.requireFree(img, vm);
         disk = { ...slot, path: img.path, format: img.format };
         vm.hardDisks.push(disk);
       } else throw new VmhostError("bad-request", "give a disk path or a size for a new disk");
@@ -298,10 +278,4 @@ export function normalizeMacChecked(text: string): string {
     if (err instanceof VmhostError) throw err;
     throw new RuleError("mac-address", (err as Error).message);
   }
-}
-
-/** The formats vmhost makes new disks in (`--new SIZE:FORMAT`). */
-function creatable(format: DiskFormat): "vhdx" | "qcow2" | "raw" {
-  if (format === "vhd") throw new VmhostError("bad-format", "new disks are vhdx, qcow2 or raw; make a VHD with `vmhost vhd new` and attach it");
-  return format;
 }

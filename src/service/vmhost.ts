@@ -14,6 +14,7 @@ import { Supervisor } from "../supervisor/supervisor.js";
 import { sweepTempFiles } from "../util/atomic.js";
 import { VmChanges } from "./changes.js";
 import { DeviceManager } from "./devices.js";
+import { DiskPolicy } from "./disks.js";
 import { FirmwareManager } from "./firmware.js";
 import { IntegrationManager } from "./integration.js";
 import { NvramStep } from "./nvram.js";
@@ -38,6 +39,7 @@ export class VmHost {
   readonly changes: VmChanges;
   readonly network: NetworkManager;
   readonly devices: DeviceManager;
+  readonly disks: DiskPolicy;
   readonly integration: IntegrationManager;
   readonly firmware: FirmwareManager;
   readonly vms: VmManager;
@@ -69,7 +71,8 @@ export class VmHost {
     });
     this.changes = new VmChanges({ store: this.store, supervisor: this.supervisor, hostCapacity: () => this.hostCapacity(), steps: [this.nvram] });
     this.network = new NetworkManager(this.layout.home, this.store, this.supervisor);
-    this.devices = new DeviceManager({ changes: this.changes, supervisor: this.supervisor, network: this.network, macs: this.macs, disksDir: this.layout.disksDir });
+    this.disks = new DiskPolicy(this.store, this.layout.home);
+    this.devices = new DeviceManager({ changes: this.changes, supervisor: this.supervisor, network: this.network, macs: this.macs, disksDir: this.layout.disksDir, disks: this.disks });
     this.integration = new IntegrationManager({ store: this.store, supervisor: this.supervisor, changes: this.changes, sessions: this.sessions });
     this.firmware = new FirmwareManager({ store: this.store, supervisor: this.supervisor, changes: this.changes, nvram: this.nvram });
     this.vms = new VmManager({
@@ -80,6 +83,7 @@ export class VmHost {
       devices: this.devices,
       integration: this.integration,
       network: this.network,
+      disks: this.disks,
     });
     // Every state change is journaled, so `events` tells the VM's whole story.
     this.supervisor.on("state", (vm, state) => void this.supervisor.event(vm, "state", `state: ${state}`, { state }));

@@ -26,7 +26,8 @@ import type { Supervisor, VmRuntimeView } from "../supervisor/supervisor.js";
 import { VmhostError } from "../util/errors.js";
 import { pathExists } from "../util/fs.js";
 import { finishRemoval, type VmChanges } from "./changes.js";
-import { existingImage, existingMedia, newDiskPath, type DeviceManager } from "./devices.js";
+import { existingMedia, newDiskPath, type DeviceManager } from "./devices.js";
+import type { DiskPolicy } from "./disks.js";
 import type { IntegrationManager } from "./integration.js";
 
 export interface CreateVmRequest {
@@ -98,8 +99,10 @@ export class VmManager {
   private readonly devices: DeviceManager;
   private readonly integration: IntegrationManager;
   private readonly network: NetworkManager;
+  private readonly disks: DiskPolicy;
 
   constructor(deps: {
+    disks: DiskPolicy;
     layout: HostLayout;
     store: ConfigStore;
     supervisor: Supervisor;
@@ -115,6 +118,7 @@ export class VmManager {
     this.devices = deps.devices;
     this.integration = deps.integration;
     this.network = deps.network;
+    this.disks = deps.disks;
   }
 
   // ---- reading -------------------------------------------------------------------
@@ -229,11 +233,11 @@ export class VmManager {
         vm.appliance = { id: app.manifest.id, kernel: app.manifest.kernel.release };
       }
       if (req.disk) {
-        const img = await existingImage(req.disk, req.diskFormat);
+        const img = await this.disks.check(req.disk, req.diskFormat);
+        await this.disks.requireFree(img, vm);
         vm.hardDisks.push({ ...firstFreeSlot(vm, bootType), path: img.path, format: img.format });
       }
       if (req.newDisk) {
-        if (req.newDisk.format === "vhd") throw new VmhostError("bad-format", "new disks are vhdx, qcow2 or raw; make a VHD with `vmhost vhd new` and attach it");
         const path = await newDiskPath(this.layout.disksDir, vm.id, "disk", req.newDisk.format);
         await ctx.txn.created(path);
         await createDisk(path, req.newDisk.sizeBytes, req.newDisk.format);
@@ -314,6 +318,7 @@ export class VmManager {
       for (const d of vm.hardDisks) {
         if (!(await pathExists(d.path))) throw new VmhostError("missing-file", `disk ${d.path} of VM "${vm.name}" (${slotRef(d)}) does not exist`, 404);
       }
+      await this.disks.checkBeforeStart(vm);
       const restoring = await pathExists(home.savedState);
       if (vm.generation === 2 && !restoring) {
         if (!(await pathExists(home.nvram))) {

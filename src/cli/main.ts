@@ -9,6 +9,7 @@ import { printTable, printVm, printHost } from "./format.js";
 import { GUEST_USAGE, followEvents, guestCommand } from "./guest-commands.js";
 import { FIRMWARE_USAGE, firmwareCommand } from "./firmware.js";
 import { serviceCommand } from "./service.js";
+import { CHECKPOINT_USAGE, checkpointCommand } from "./checkpoint-commands.js";
 import { NETWORK_USAGE, netbootCommand, nicConnectCommand, switchCommand } from "./network-commands.js";
 
 const USAGE = `vmhost: Hyper-V-style virtual machines on QEMU
@@ -29,6 +30,8 @@ VMs
   nic add NAME [--legacy] [--name NAME] [--mac MAC] [--switch SWITCH]
   nic remove NAME ADAPTER
   console NAME [--log]          events NAME [--json] [--follow]
+
+${CHECKPOINT_USAGE}
 
 ${FIRMWARE_USAGE}
 
@@ -349,6 +352,9 @@ export async function main(argv: string[]): Promise<number> {
 
     case "firmware":
       return firmwareCommand(api, rest);
+
+    case "checkpoint":
+      return checkpointCommand(api, rest);
 
     case "switch":
       return switchCommand(api, rest);

@@ -87,6 +87,10 @@ export class VmHome {
   get checkpointTree(): string {
     return join(this.checkpointsDir, "tree.json");
   }
+  /** A checkpoint removal (merge) in progress: its plan, so a restarted service finishes it. */
+  get checkpointRemoval(): string {
+    return join(this.checkpointsDir, "removal.json");
+  }
   /** One checkpoint's folder: its NVRAM copy, configuration, memory state. */
   checkpointDir(checkpointId: string): string {
     return join(this.checkpointsDir, checkpointId);

@@ -8,6 +8,7 @@ import type { VmHost } from "./vmhost.js";
 import { firmwareRoutes } from "./routes-firmware.js";
 import { guestRoutes, handleGuestStream } from "./routes-guest.js";
 import { networkRoutes } from "./routes-network.js";
+import { checkpointRoutes, handleCheckpointStream } from "./routes-checkpoints.js";
 
 /** Request bodies, validated at the edge. */
 export const Schemas = {
@@ -115,6 +116,7 @@ const routes: Route<VmHost>[] = [
   ...guestRoutes,
   ...firmwareRoutes,
   ...networkRoutes,
+  ...checkpointRoutes,
 ];
 
 async function readBody(req: IncomingMessage, limit = 1024 * 1024): Promise<unknown> {
@@ -138,6 +140,7 @@ export function apiHandler(manager: VmHost, onActivity: () => void) {
     onActivity();
     const url = new URL(req.url ?? "/", "http://vmhost");
     if (await handleGuestStream(manager, req, res, url, (r) => readBody(r))) return;
+    if (await handleCheckpointStream(manager, req, res, url, (r) => readBody(r))) return;
     let status = 200;
     let payload: unknown;
     try {

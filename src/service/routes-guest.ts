@@ -62,7 +62,7 @@ export const guestRoutes: Route<VmHost>[] = [
 type BodyReader = (req: IncomingMessage) => Promise<unknown>;
 
 /** One NDJSON stream: the head is sent with the first line, so an early failure is still a plain error reply. */
-class Stream {
+export class Stream {
   private started = false;
   constructor(private readonly res: ServerResponse) {}
 

@@ -258,7 +258,8 @@ export class Supervisor extends EventEmitter<SupervisorEvents> {
     const info = await r.mon.queryMigrate().catch(() => ({ status: undefined }));
     if (info.status === "active" || info.status === "setup") await r.mon.migrateCancel().catch(() => undefined);
     await rm(r.home.savedStatePartial, { force: true });
-    if (op.file) await rm(op.file, { force: true });
+    // A complete state file is the change journal's to keep or drop (it rolls the change forward or back).
+    if (op.file) await rm(`${op.file}.partial`, { force: true });
     await unlink(r.run.migrationSocket).catch(() => undefined);
     if (op.wasRunning) {
       await this.resumeAfterMigration(r);
@@ -655,9 +656,10 @@ export class Supervisor extends EventEmitter<SupervisorEvents> {
   /**
    * Streams the machine state (RAM, devices and the UEFI flash) of a paused QEMU into `file`
    * through QEMU's migration (`migrate unix:` to a socket vmhostd serves). The file appears only
-   * when complete (written as `.partial`, fsynced, renamed). Stale sockets are removed first.
+   * when complete (written as `.partial`, fsynced unless `sync: false`, renamed). Stale sockets are
+   * removed first.
    */
-  private async migrateToFile(r: Running, file: string): Promise<void> {
+  private async migrateToFile(r: Running, file: string, opts: { sync?: boolean } = {}): Promise<void> {
     const tmp = `${file}.partial`;
     const sock = r.run.migrationSocket;
     await unlink(sock).catch(() => undefined);
@@ -679,9 +681,11 @@ export class Supervisor extends EventEmitter<SupervisorEvents> {
       const info = await this.waitMigration(r.mon, 600_000);
       if (info.status !== "completed") throw new Error(`migration ${info.status ?? "failed"}${info["error-desc"] ? `: ${info["error-desc"]}` : ""}`);
       await received;
-      const fh = await open(tmp, "r+");
-      await fh.sync();
-      await fh.close();
+      if (opts.sync !== false) {
+        const fh = await open(tmp, "r+");
+        await fh.sync();
+        await fh.close();
+      }
       await rename(tmp, file);
     } catch (err) {
       out.destroy();
@@ -724,26 +728,36 @@ export class Supervisor extends EventEmitter<SupervisorEvents> {
   /**
    * The guest paused for `fn` (a checkpoint's disk snapshot and NVRAM copy), then, when
    * `stateFile` is given, its machine state streamed to that file; then the guest runs again if
-   * it ran before. Returns fn's result and how long the guest was paused (ms). A service killed
-   * meanwhile undoes the capture when it adopts the QEMU again.
+   * it ran before. Returns fn's result, how long the guest was paused (ms) and, when fn
+   * succeeded but the state could not be written, why (`stateError`): fn's effect stands, so
+   * the caller decides. A service killed meanwhile undoes the capture when it adopts the QEMU.
    */
-  async withGuestPaused<T>(vm: VmRef, fn: (mon: QemuMonitor) => Promise<T>, stateFile?: string): Promise<{ result: T; pausedMs: number }> {
+  async withGuestPaused<T>(vm: VmRef, fn: (mon: QemuMonitor) => Promise<T>, stateFile?: string): Promise<{ result: T; pausedMs: number; stateError?: Error }> {
     const r = this.requireRunning(vm, "Running", "Paused");
     const wasRunning = r.state === "Running";
     await this.setOperation(r, { kind: "capture", since: new Date().toISOString(), wasRunning, ...(stateFile ? { file: stateFile } : {}) });
     const t0 = performance.now();
-    if (wasRunning) await r.mon.stop();
     let result: T;
+    let stateError: Error | undefined;
+    let pausedMs = 0;
     try {
+      if (wasRunning) await r.mon.stop();
       result = await fn(r.mon);
-      if (stateFile) await this.migrateToFile(r, stateFile);
+      if (stateFile) {
+        try {
+          // Not synced while the guest waits: the caller's commit makes it durable after the guest runs again.
+          await this.migrateToFile(r, stateFile, { sync: false });
+        } catch (err) {
+          stateError = err as Error;
+        }
+      }
     } finally {
       if (wasRunning) await this.resumeAfterMigration(r).catch(() => undefined);
+      pausedMs = performance.now() - t0;
       await this.clearOperation(r).catch(() => undefined);
     }
-    const pausedMs = performance.now() - t0;
     this.setState(r, wasRunning ? "Running" : "Paused");
-    return { result, pausedMs };
+    return { result, pausedMs, ...(stateError ? { stateError } : {}) };
   }
 
   private async waitMigration(mon: QemuMonitor, timeoutMs: number) {

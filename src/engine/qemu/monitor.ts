@@ -68,6 +68,16 @@ export interface BlockJobInfo {
   error?: string;
 }
 
+/** One job of query-jobs (JobInfo). */
+export interface JobInfo {
+  id: string;
+  type: string;
+  status: "undefined" | "created" | "running" | "paused" | "ready" | "standby" | "waiting" | "pending" | "aborting" | "concluded" | "null";
+  "current-progress": number;
+  "total-progress": number;
+  error?: string;
+}
+
 /** One node of query-named-block-nodes (BlockDeviceInfo), the fields vmhost reads. */
 export interface BlockNodeInfo {
   "node-name": string;
@@ -76,6 +86,14 @@ export interface BlockNodeInfo {
   ro: boolean;
   "backing_file"?: string;
   "backing_file_depth": number;
+}
+
+/** One entry of query-block (BlockInfo): a drive, the device it is attached to, and its top node. */
+export interface BlockInfo {
+  device: string;
+  /** The device's qdev id or QOM path. */
+  qdev?: string;
+  inserted?: { "node-name": string; file: string; drv: string; ro: boolean };
 }
 
 /** The transaction actions vmhost uses (qapi/transaction.json). */
@@ -202,6 +220,9 @@ export class QemuMonitor extends EventEmitter<{ event: [QmpEvent]; close: [] }> 
   transaction(actions: TransactionAction[]): Promise<void> {
     return this.qmp.execute("transaction", { actions });
   }
+  queryBlock(): Promise<BlockInfo[]> {
+    return this.qmp.execute("query-block");
+  }
   queryNamedBlockNodes(): Promise<BlockNodeInfo[]> {
     return this.qmp.execute("query-named-block-nodes", { flat: true });
   }
@@ -222,6 +243,10 @@ export class QemuMonitor extends EventEmitter<{ event: [QmpEvent]; close: [] }> 
   }
   blockJobComplete(device: string): Promise<void> {
     return this.qmp.execute("block-job-complete", { device });
+  }
+  /** query-jobs (qapi/job.json): every job with its status ("running", "ready", "concluded", ...) and progress. */
+  queryJobs(): Promise<JobInfo[]> {
+    return this.qmp.execute("query-jobs");
   }
   jobDismiss(id: string): Promise<void> {
     return this.qmp.execute("job-dismiss", { id });

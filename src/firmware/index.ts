@@ -10,10 +10,15 @@ export {
   type EfiTime,
 } from "./variable.js";
 export {
-  VarStore, parseVarStore, VAR_STATE,
-  type VarStoreLayout, type VariableRecord, type UefiVariable, type SetVariableOptions, type SetVariableResult,
+  VarStore, parseVarStore, parseVariableRecord, VAR_STATE,
+  type VarStoreLayout, type VariableRecord, type VariableRecordContext, type InterruptedWrite, type UefiVariable,
+  type SetVariableOptions, type SetVariableResult,
 } from "./varstore.js";
 export { readVarStoreFile, writeVarStoreFileAtomic } from "./varstorefile.js";
+export {
+  OVMF_FLASH_BUILDS, ovmfBuildForCode, ovmfBuildsForVars, checkVarStoreForFirmware, checkVarStoreFileForFirmware,
+  type OvmfFlashBuild, type FirmwareFiles,
+} from "./ovmfbuild.js";
 export {
   parseDevicePath, parseDevicePathList, encodeDevicePath, encodeDevicePathList, instancesOf, terminate,
   isEndEntire, isEndInstance, endEntireNode, endInstanceNode, makeNode, NODE_TYPE,

@@ -18,6 +18,14 @@
  *   then per adapter "UEFI PXEv4 (MAC:...)" .../MAC(mac,0x1)/IPv4(0.0.0.0,...) and
  *   "UEFI HTTPv4 (MAC:...)" .../IPv4(...)/Uri() (v6 likewise), all ACTIVE with the
  *   auto-created marker as optional data.
+ * `planDeviceEntries` computes the same changes without making them, so a view can show what
+ * the store holds and mark the rest pending.
+ *
+ * What OVMF makes again at every boot (recreatedAtBoot) cannot be pruned for good: it re-adds
+ * an entry for each attached bootable device, UiApp and the Shell whenever BootOrder lacks an
+ * identical one, and only looks at options listed in BootOrder (measured in
+ * test/fixtures/firmware/bds-experiments.ts). `setBootOrder` keeps such entries, with the
+ * reason, instead of deleting them.
  * File entries (made by an OS or a user) are never touched here.
  */
 import { BootError } from "./errors.js";
@@ -196,8 +204,8 @@ export function planDeviceEntries(store: VarStore, layout: FirmwareDeviceLayout,
     order.push(id);
     added.push({ id, description: x.description, ref: x.device.ref, path: x.path, bytes: x.bytes });
   }
-  // Claimed entries that were not in BootOrder go to its end: OVMF would add them there
-  // (measured: bds-experiments "outside"), as a copy when their number is taken.
+  // Claimed entries that were not in BootOrder go to its end: OVMF, which only sees options
+  // listed in BootOrder, would add them there again (measured: bds-experiments "outside").
   for (const e of auto) if (!order.includes(e.id) && !gone.has(e.id)) order.push(e.id);
   const bootOrderChanged = added.length > 0 || removed.length > 0 || !sameOrder(order, conf.bootOrder);
   const clearsBootNext = conf.bootNext !== null && gone.has(conf.bootNext);
@@ -213,8 +221,9 @@ export function planDeviceEntries(store: VarStore, layout: FirmwareDeviceLayout,
  * plan, so callers write it only on success.
  */
 export function applyDeviceEntryPlan(store: VarStore, plan: DeviceEntryPlan): SyncResult {
-  for (const w of plan.rewritten) store.set(bootOptionName(w.id), GUIDS.globalVariable, ATTRS_NV_BS_RT, w.bytes);
+  // Deletions first: their space is what a compaction can reclaim for the writes after them.
   for (const r of plan.removed) deleteBootOption(store, r.id);
+  for (const w of plan.rewritten) store.set(bootOptionName(w.id), GUIDS.globalVariable, ATTRS_NV_BS_RT, w.bytes);
   for (const a of plan.added) store.set(bootOptionName(a.id), GUIDS.globalVariable, ATTRS_NV_BS_RT, a.bytes);
   if (plan.bootOrderChanged) writeBootOrder(store, plan.bootOrder);
   if (plan.clearsBootNext) writeBootNext(store, null);

@@ -164,9 +164,7 @@ function isLive(state: number): boolean {
 }
 
 function keyOf(guid: string, nameBytes: Uint8Array): string {
-  let k = guid + "/";
-  for (const b of nameBytes) k += String.fromCharCode(b);
-  return k;
+  return guid + "/" + Buffer.from(nameBytes.buffer, nameBytes.byteOffset, nameBytes.length).toString("latin1");
 }
 
 const hx = (n: number): string => "0x" + n.toString(16).toUpperCase();
@@ -492,7 +490,8 @@ function pickLive(records: readonly VariableRecord[], path?: string): VariableRe
     }
     if (cur === undefined || r.state === VAR_STATE.ADDED || cur.state !== VAR_STATE.ADDED) best.set(k, r);
   }
-  return records.filter((r) => best.get(keyOf(r.guid, r.nameBytes)) === r);
+  const winners = new Set(best.values());
+  return records.filter((r) => winners.has(r));
 }
 
 export class VarStore {

@@ -174,15 +174,13 @@ export class NvramStep implements AfterChangeStep {
       }
       const ids: number[] = [];
       for (const t of op.targets) for (const id of resolveBootTarget(store, layout, parseBootTarget(t), match)) if (!ids.includes(id)) ids.push(id);
-      const r = setBootOrder(store, layout, ids, { prune: op.prune, pruneFiles: op.pruneFiles });
+      const r = setBootOrder(store, layout, ids, { prune: op.prune, pruneFiles: op.pruneFiles, protocol: vm.firmware.preferredNetworkBootProtocol });
       messages.push(`boot order ${r.order.map(bootOptionName).join(",")}`);
       if (r.movedToEnd.length) {
         messages.push(`left out and moved to the end (Hyper-V would delete them; --prune does): ${r.movedToEnd.map(bootOptionName).join(", ")}`);
       }
       for (const d of r.deleted) messages.push(`deleted ${bootOptionName(d.id)} "${d.description}" (${d.type})`);
-      if (r.deleted.some((d) => d.type === "Drive" || d.type === "Network")) {
-        messages.push("note: OVMF re-creates the entries of attached devices at the end of the order when it next boots");
-      }
+      for (const k of r.keptRecreated) messages.push(`kept ${bootOptionName(k.id)} "${k.description}" at the end: ${k.reason}`);
       if (r.keptFiles.length) {
         messages.push(`kept File entries (made by an OS; add --prune-files to delete them too): ${r.keptFiles.map(bootOptionName).join(", ")}`);
       }

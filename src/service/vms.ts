@@ -2,6 +2,8 @@ import { randomUUID } from "node:crypto";
 import { copyFile, link, mkdir, rename } from "node:fs/promises";
 import { basename, join } from "node:path";
 import { writeFileAtomic } from "../util/atomic.js";
+import { hostPaths } from "../engine/qemu/host.js";
+import { checkVarStoreFileForFirmware } from "../firmware/index.js";
 import { ensureAppliance } from "../images/appliance/index.js";
 import { createDisk, createOverlay } from "../images/disk.js";
 import type { HostLayout } from "../home/layout.js";
@@ -341,6 +343,13 @@ export class VmManager {
           `the NVRAM of VM "${vm.name}" (${home.nvram}) is missing; vmhost does not silently make a new one (boot entries an OS made would be lost): run "vmhost firmware reset ${vm.name}" to start from the template`,
           409,
         );
+      }
+      // A store made for another firmware build would leave every variable in RAM (nothing persists).
+      const p = await hostPaths();
+      try {
+        await checkVarStoreFileForFirmware(home.nvram, vm.firmware.secureBoot ? p.ovmf.secure4m.code : p.ovmf.plain4m.code);
+      } catch (err) {
+        throw new VmhostError("nvram-mismatch", `VM "${vm.name}" cannot start: ${(err as Error).message}`, 409);
       }
       // Pending firmware changes and the device entries, in one transaction; a store that
       // cannot take them (full) is a warning: OVMF boots with what the store holds.

@@ -54,6 +54,8 @@ test("a VM named with spaces works end to end; the same name in other case is re
   assert.deepEqual(fw.pending.map((p) => (p as { op: string }).op), ["first-boot-device"], "kept pending while QEMU owns the NVRAM");
   const list = await host.json<{ name: string }[]>(["list"]);
   assert.deepEqual(list.map((v) => v.name), [VM]);
+  // Back to the disk first, so the cold boots below start from it (both stay pending until then).
+  await host.ok(["firmware", "set", VM, "--first-boot-device", "SCSI 0:0"]);
 });
 
 test("Standard checkpoint: RAM and the NVRAM's boot order come back on apply, and the guest did not reboot", { timeout: 300_000 }, async () => {

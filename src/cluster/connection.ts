@@ -1,0 +1,163 @@
+import { Etcd3, isRecoverableError, type Namespace } from "etcd3";
+import { circuitBreaker, ConsecutiveBreaker, handleWhen, isBrokenCircuitError, noop, retry } from "cockatiel";
+import { ClusterUnreachableError, QuorumLostError, type QuorumView } from "./errors.js";
+import { ROOT } from "./keys.js";
+
+/** How a host reaches the cluster. */
+export interface ConnectionOptions {
+  /**
+   * Client URLs of etcd members, e.g. ["http://10.0.0.1:2379"]. Put this host's own member
+   * first; listing the others as well lets this host keep its lease while only its own member
+   * is down (with only its own member listed, losing that member means self-fencing).
+   */
+  endpoints: string[];
+  /**
+   * Deadline of each unary etcd call in ms (default 3000). etcd itself gives up on a proposal
+   * after about 7 s without a leader (3.4: 5 s + 2 election timeouts); a shorter deadline
+   * turns quorum loss into a prompt, clear error.
+   */
+  requestTimeoutMs?: number;
+}
+
+/** One etcd member as this host sees it (maintenance Status of that member). */
+export interface MemberStatus {
+  endpoint: string;
+  reachable: boolean;
+  /** etcd member id (hex) when reachable. */
+  id?: string;
+  /** The leader's member id (hex) this member believes in, or undefined when it knows none. */
+  leader?: string;
+  raftTerm?: string;
+  error?: string;
+}
+
+/**
+ * A connection to the cluster's etcd, rooted at /vmhost/ (see keys.ts). Calls fail fast: each
+ * unary call has a deadline, a failed call is retried once per further endpoint (each retry picks
+ * another member), and a member that failed is skipped for a second before it is tried again.
+ */
+export class ClusterConnection {
+  readonly etcd: Etcd3;
+  /** The etcd3 namespace at /vmhost/: all keys in this layer are relative to it. */
+  readonly ns: Namespace;
+  readonly endpoints: readonly string[];
+  readonly requestTimeoutMs: number;
+
+  private constructor(opts: ConnectionOptions) {
+    if (!opts.endpoints.length) throw new RangeError("a cluster connection needs at least one etcd endpoint");
+    this.endpoints = [...opts.endpoints];
+    this.requestTimeoutMs = opts.requestTimeoutMs ?? 3000;
+    const timeout = this.requestTimeoutMs;
+    this.etcd = new Etcd3({
+      hosts: this.endpoints.slice(),
+      dialTimeout: timeout,
+      defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: Date.now() + timeout }),
+      faultHandling: {
+        // A member that failed is skipped for 1 s (then tried again), so calls do not keep
+        // waiting on a dead member; a failed call is retried on the next member.
+        host: () => circuitBreaker(handleWhen(isRecoverableError), { halfOpenAfter: 1000, breaker: new ConsecutiveBreaker(1) }),
+        global: retry(handleWhen(isRecoverableError), { maxAttempts: this.endpoints.length - 1 }),
+      },
+    });
+    this.ns = this.etcd.namespace(ROOT);
+  }
+
+  static open(opts: ConnectionOptions): ClusterConnection {
+    return new ClusterConnection(opts);
+  }
+
+  close(): void {
+    this.etcd.close();
+  }
+
+  /**
+   * Runs one etcd operation; when it fails for lack of etcd (not for a logical reason) the
+   * failure becomes a {@link QuorumLostError} or a {@link ClusterUnreachableError}, decided by
+   * asking every endpoint for its status. `operation` completes "cannot …" in the message.
+   */
+  async guard<T>(operation: string, fn: () => Promise<T>): Promise<T> {
+    try {
+      return await fn();
+    } catch (err) {
+      throw await this.explain(operation, err);
+    }
+  }
+
+  /** The error to surface for a failed etcd call (the original one when etcd is not the reason). */
+  async explain(operation: string, err: unknown): Promise<unknown> {
+    if (!(err instanceof Error) || !isUnavailability(err)) return err;
+    const view = await this.quorumView();
+    if (view.reachable === 0) return new ClusterUnreachableError(this.endpoints, operation, err);
+    if (!view.hasLeader || view.reachable < Math.floor(view.members / 2) + 1) return new QuorumLostError(view, operation);
+    return new ClusterUnreachableError(this.endpoints, operation, err);
+  }
+
+  /**
+   * What this host can see of quorum: every configured endpoint is asked for its status (each
+   * with the request deadline, all at once). `members` is the size of etcd's member list as the
+   * reachable members report it (their raft configuration), else the number of endpoints.
+   */
+  async quorumView(): Promise<QuorumView & { statuses: MemberStatus[] }> {
+    const statuses = await Promise.all(this.endpoints.map((e) => memberStatus(e, this.requestTimeoutMs)));
+    let members = this.endpoints.length;
+    const up = statuses.find((s) => s.reachable);
+    if (up) {
+      const single = memberClient(up.endpoint, this.requestTimeoutMs);
+      try {
+        // Not linearizable: a member without a leader still answers from its own raft state
+        // (etcd 3.4 always answers MemberList locally; 3.5 needs linearizable=false for that).
+        const list = await single.cluster.memberList({ linearizable: false }, { deadline: Date.now() + this.requestTimeoutMs });
+        members = list.members.filter((m) => !m.isLearner).length || members;
+      } catch {
+        /* keep the endpoint count */
+      } finally {
+        single.close();
+      }
+    }
+    return {
+      members,
+      reachable: statuses.filter((s) => s.reachable).length,
+      hasLeader: statuses.some((s) => s.reachable && s.leader !== undefined),
+      statuses,
+    };
+  }
+}
+
+/** A client bound to exactly one member (no retries elsewhere): for status probes and formation. */
+export function memberClient(endpoint: string, timeoutMs = 3000): Etcd3 {
+  return new Etcd3({
+    hosts: [endpoint],
+    dialTimeout: timeoutMs,
+    defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: Date.now() + timeoutMs }),
+    faultHandling: { host: () => noop, global: noop },
+  });
+}
+
+/** Status of the member at one client URL; never throws (an unreachable member is an answer). */
+export async function memberStatus(endpoint: string, timeoutMs = 3000): Promise<MemberStatus> {
+  const c = memberClient(endpoint, timeoutMs);
+  try {
+    const s = await c.maintenance.status({ deadline: Date.now() + timeoutMs });
+    return {
+      endpoint,
+      reachable: true,
+      id: BigInt(s.header.member_id).toString(16),
+      leader: s.leader === "0" ? undefined : BigInt(s.leader).toString(16),
+      raftTerm: s.raftTerm,
+    };
+  } catch (err) {
+    return { endpoint, reachable: false, error: err instanceof Error ? err.message : String(err) };
+  } finally {
+    c.close();
+  }
+}
+
+/**
+ * Whether an etcd call failed because etcd could not serve it (no connection, no leader, a
+ * deadline) rather than for a logical reason. etcd3 marks transport failures "recoverable";
+ * etcd's own "no leader", "request timed out" and dropped-proposal errors count too.
+ */
+export function isUnavailability(err: Error): boolean {
+  if (isRecoverableError(err) || isBrokenCircuitError(err)) return true;
+  return /no leader|request timed out|proposal dropped|leader changed|timed out waiting for read index|too many requests|not capable|stopped/i.test(err.message);
+}

@@ -7,6 +7,7 @@
  *   node dist/src/cluster/lab-host.js --host a --endpoints http://127.0.0.1:2379[,...]
  *     [--ttl 10] [--margin-ms 5000] [--campaign] [--election-ttl 10] [--request-timeout-ms 3000]
  *     [--free-memory 4096] [--switches lan,...] [--storage shared,...] [--running vm1,vm2]
+ *     [--resume-lease HEX]
  *
  * Local "VMs" are only names in a map (no QEMU): --running marks copies as running here; a
  * fence turns them all off; after recovery the registry decides (failover.ts planRejoin).
@@ -42,6 +43,7 @@ async function main(): Promise<void> {
       switches: { type: "string", default: "" },
       storage: { type: "string", default: "" },
       running: { type: "string", default: "" },
+      "resume-lease": { type: "string" },
     },
   });
   const host = a.host!;
@@ -55,6 +57,7 @@ async function main(): Promise<void> {
     { host, address: "127.0.0.1", apiUrl: `lab://${host}`, freeMemoryMiB: Number(a["free-memory"]), switches: list(a.switches), storage: list(a.storage) },
     {
       ttlSeconds: ttl,
+      ...(a["resume-lease"] ? { resumeLeaseId: a["resume-lease"] } : {}),
       onFence: (f) => {
         for (const id of local.keys()) local.set(id, "off");
         say("fence-done", { reason: f.reason, lastRenewalAt: f.lastRenewalAt, vmsOff: [...local.keys()] });

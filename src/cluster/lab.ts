@@ -1,3 +1,4 @@
+import { spawn, type ChildProcessWithoutNullStreams } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { createServer } from "node:net";
 import { join } from "node:path";
@@ -133,5 +134,133 @@ export class LabCluster {
   /** Kills every member (tests delete `dir` themselves). */
   async stop(): Promise<void> {
     await Promise.all([...this.members.values()].map((m) => m.member.kill().catch(() => undefined)));
+  }
+}
+
+/** CLOCK_MONOTONIC in ms: the clock lab hosts stamp their events with (comparable across processes). */
+export function monoNow(): number {
+  return Number(process.hrtime.bigint() / 1000n) / 1000;
+}
+
+/** One line a lab host printed: `event`, `mono` (ms, see {@link monoNow}) and the event's fields. */
+export interface LabEvent {
+  event: string;
+  mono: number;
+  [field: string]: unknown;
+}
+
+export interface LabHostOptions {
+  host: string;
+  endpoints: string[];
+  ttlSeconds?: number;
+  fencingMarginMs?: number;
+  campaign?: boolean;
+  electionTtlSeconds?: number;
+  requestTimeoutMs?: number;
+  freeMemoryMiB?: number;
+  switches?: string[];
+  storage?: string[];
+  /** Ids of clustered VMs this host starts with a local running copy of. */
+  running?: string[];
+  /** Resume this lease (hex) if it is still alive, as vmhostd does after a restart. */
+  resumeLeaseId?: string;
+  /** Argv prefix (e.g. nsenter into the host's network namespace). */
+  launcher?: string[];
+}
+
+/**
+ * A lab host process (lab-host.ts) and the events it printed. Waits are for conditions with a
+ * deadline, never for a guessed time.
+ */
+export class LabHostProcess {
+  readonly events: LabEvent[] = [];
+  private readonly waiters: { match: (e: LabEvent) => boolean; resolve: (e: LabEvent) => void }[] = [];
+  private exited: Promise<void>;
+  private stderr = "";
+
+  private constructor(
+    readonly host: string,
+    private readonly child: ChildProcessWithoutNullStreams,
+  ) {
+    let buf = "";
+    child.stdout.on("data", (d: Buffer) => {
+      buf += d.toString();
+      for (let i = buf.indexOf("\n"); i >= 0; i = buf.indexOf("\n")) {
+        const line = buf.slice(0, i);
+        buf = buf.slice(i + 1);
+        let e: LabEvent;
+        try {
+          e = JSON.parse(line) as LabEvent;
+        } catch {
+          continue;
+        }
+        this.events.push(e);
+        for (const w of [...this.waiters]) {
+          if (w.match(e)) {
+            this.waiters.splice(this.waiters.indexOf(w), 1);
+            w.resolve(e);
+          }
+        }
+      }
+    });
+    child.stderr.on("data", (d: Buffer) => (this.stderr = (this.stderr + d.toString()).slice(-4000)));
+    this.exited = new Promise((r) => child.once("exit", () => r()));
+  }
+
+  static spawn(o: LabHostOptions): LabHostProcess {
+    const script = new URL("./lab-host.js", import.meta.url).pathname;
+    const args = [script, "--host", o.host, "--endpoints", o.endpoints.join(","), "--ttl", String(o.ttlSeconds ?? 10)];
+    if (o.fencingMarginMs !== undefined) args.push("--margin-ms", String(o.fencingMarginMs));
+    if (o.campaign) args.push("--campaign");
+    if (o.electionTtlSeconds !== undefined) args.push("--election-ttl", String(o.electionTtlSeconds));
+    if (o.requestTimeoutMs !== undefined) args.push("--request-timeout-ms", String(o.requestTimeoutMs));
+    if (o.freeMemoryMiB !== undefined) args.push("--free-memory", String(o.freeMemoryMiB));
+    if (o.switches?.length) args.push("--switches", o.switches.join(","));
+    if (o.storage?.length) args.push("--storage", o.storage.join(","));
+    if (o.running?.length) args.push("--running", o.running.join(","));
+    if (o.resumeLeaseId) args.push("--resume-lease", o.resumeLeaseId);
+    const [cmd, ...pre] = o.launcher?.length ? [...o.launcher, process.execPath] : [process.execPath];
+    const child = spawn(cmd!, [...pre, ...args], { stdio: ["pipe", "pipe", "pipe"] });
+    return new LabHostProcess(o.host, child);
+  }
+
+  get pid(): number {
+    return this.child.pid!;
+  }
+
+  /** The first event (already printed or still to come) that matches, or a rejection after `timeoutMs`. */
+  waitFor(match: string | ((e: LabEvent) => boolean), timeoutMs: number): Promise<LabEvent> {
+    const m = typeof match === "string" ? (e: LabEvent) => e.event === match : match;
+    const seen = this.events.find(m);
+    if (seen) return Promise.resolve(seen);
+    return new Promise((resolve, reject) => {
+      const w = {
+        match: m,
+        resolve: (e: LabEvent) => {
+          clearTimeout(t);
+          resolve(e);
+        },
+      };
+      const t = setTimeout(() => {
+        this.waiters.splice(this.waiters.indexOf(w), 1);
+        reject(new Error(`lab host ${this.host}: no ${typeof match === "string" ? `'${match}'` : "matching"} event within ${timeoutMs} ms; events: ${JSON.stringify(this.events.map((e) => e.event))}; stderr: ${this.stderr}`));
+      }, timeoutMs);
+      this.waiters.push(w);
+    });
+  }
+
+  /** Events named `name` so far. */
+  all(name: string): LabEvent[] {
+    return this.events.filter((e) => e.event === name);
+  }
+
+  send(cmd: Record<string, unknown>): void {
+    this.child.stdin.write(`${JSON.stringify(cmd)}\n`);
+  }
+
+  /** SIGKILL (host death) and wait until the process is gone. */
+  async kill(): Promise<void> {
+    if (this.child.exitCode === null && this.child.signalCode === null) this.child.kill("SIGKILL");
+    await this.exited;
   }
 }

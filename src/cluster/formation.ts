@@ -154,10 +154,12 @@ export async function joinCluster(o: LocalMemberOptions & { via: string[] }): Pr
  * `vmhost cluster leave`: removes this host's member from the cluster (through `via`, which may
  * include this host's own client URL), then stops it and deletes its data: a removed member must
  * never start again with its old data. The last member cannot leave this way (there would be no
- * cluster left to leave); stop it and delete its directory to dissolve the cluster.
- * The service must first move this host's clustered VMs away and end its membership lease.
+ * cluster left to leave); stop it and delete its directory to dissolve the cluster. Like joins,
+ * removals wait (up to `timeoutMs`, default 30 s) while etcd's reconfiguration check says the
+ * cluster is not yet healthy. The service must first move this host's clustered VMs away and
+ * end its membership lease.
  */
-export async function leaveCluster(o: { name: string; dir: string; via: string[] }): Promise<{ warnings: string[] }> {
+export async function leaveCluster(o: { name: string; dir: string; via: string[]; timeoutMs?: number }): Promise<{ warnings: string[] }> {
   const admin = adminClient(o.via);
   try {
     const list = await admin.call("read the member list", (c) => c.cluster.memberList({}));
@@ -167,13 +169,29 @@ export async function leaveCluster(o: { name: string; dir: string; via: string[]
     if (voters.length === 1 && !me.isLearner) {
       throw new ClusterConfigError("cluster-last-member", `'${o.name}' is the cluster's last member; there is nothing to leave (stop it and delete ${o.dir} to dissolve the cluster)`);
     }
-    await admin.call("remove the member", (c) => c.cluster.memberRemove({ ID: me.ID }));
+    await whileBusy(Date.now() + (o.timeoutMs ?? 30_000), () => admin.call("remove the member", (c) => c.cluster.memberRemove({ ID: me.ID })));
     const member = await EtcdMember.adopt(o.dir);
     await member?.stop();
     await rm(join(o.dir, "data"), { recursive: true, force: true });
     return { warnings: voters.length - 1 < 3 ? [NO_QUORUM_TOLERANCE_WARNING] : [] };
   } finally {
     admin.close();
+  }
+}
+
+/**
+ * Runs a membership change, retrying while etcd's strict reconfiguration check refuses it
+ * ("unhealthy cluster": the leader has not yet been connected to every voting member for 5 s,
+ * etcdserver HealthInterval) until `deadline`.
+ */
+async function whileBusy<T>(deadline: number, fn: () => Promise<T>): Promise<T> {
+  for (;;) {
+    try {
+      return await fn();
+    } catch (err) {
+      if (!(err instanceof Error) || !/unhealthy cluster/i.test(err.message) || Date.now() > deadline) throw err;
+      await sleep(250);
+    }
   }
 }
 
@@ -184,7 +202,7 @@ async function promoteWhenCaughtUp(admin: AdminClient, id: string, deadline: num
       await admin.call("promote the member", (c) => c.cluster.memberPromote({ ID: id }));
       return;
     } catch (err) {
-      const behind = err instanceof Error && /not in sync|can only promote a learner/i.test(err.message);
+      const behind = err instanceof Error && /not in sync|can only promote a learner|unhealthy cluster/i.test(err.message);
       if (!behind || Date.now() > deadline) {
         throw new EtcdMemberError(`the new member could not be promoted to a voting member: ${err instanceof Error ? err.message : String(err)}`);
       }

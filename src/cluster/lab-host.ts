@@ -10,7 +10,8 @@
  *     [--resume-lease HEX]
  *
  * Local "VMs" are only names in a map (no QEMU): --running marks copies as running here; a
- * fence turns them all off; after recovery the registry decides (failover.ts planRejoin).
+ * fence turns them all off; after recovery the registry decides (failover.ts planRejoin); a
+ * registry change that makes this host the owner of a Running VM starts it ('vm-started').
  * Commands on stdin, one JSON object a line: {"cmd":"update","patch":{...}},
  * {"cmd":"lock","name":"x","deadlineMs":N}, {"cmd":"unlock"}, {"cmd":"leave"}, {"cmd":"exit"}.
  */
@@ -88,6 +89,17 @@ async function main(): Promise<void> {
     })();
   });
   say("joined", { host, leaseId: membership.leaseId, pid: process.pid });
+
+  // What the service's reconciler will do: start what the registry gives this host while its
+  // lease is provably alive (failover moves VMs here by changing their owner).
+  await registry.watch((ev) => {
+    if (ev.type !== "put" || membership.state !== "alive") return;
+    const e = ev.entry;
+    if (e.owner === host && e.state === "Running" && local.get(e.id) !== "running") {
+      local.set(e.id, "running");
+      say("vm-started", { id: e.id, revision: e.revision });
+    }
+  });
 
   let coordinator: Coordinator | undefined;
   if (a.campaign) {

@@ -309,7 +309,7 @@ export async function listMembers(conn: ClusterConnection, opts: { serializable?
 }
 
 export function decodeMember(kv: IKeyValue): MemberView {
-  const key = kv.key.toString();
+  const key = ROOT + kv.key.toString(); // read through the namespace: relative to /vmhost/
   let raw: unknown;
   try {
     raw = JSON.parse(kv.value.toString());
@@ -321,9 +321,9 @@ export function decodeMember(kv: IKeyValue): MemberView {
   return { ...r.data, leaseId: BigInt(kv.lease).toString(16), revision: kv.mod_revision };
 }
 
-/** The host name a member key (absolute, as watch events give it) belongs to. */
+/** The host name a member key belongs to (keys as the /vmhost/ namespace gives them: "members/<host>"). */
 export function hostOfMemberKey(key: string): string {
-  return key.slice(ROOT.length + MEMBERS.length);
+  return key.slice(MEMBERS.length);
 }
 
 /** Members as placement sees them (alive: their key exists). */

@@ -127,7 +127,8 @@ export class VmRegistry {
         /* a damaged record is reported by list/get, which name it */
       }
     });
-    w.on("delete", (kv) => onEvent({ type: "delete", id: kv.key.toString().slice(ROOT.length + VMS.length), revision: kv.mod_revision }));
+    // Keys come relative to the /vmhost/ namespace: "vms/<id>".
+    w.on("delete", (kv) => onEvent({ type: "delete", id: kv.key.toString().slice(VMS.length), revision: kv.mod_revision }));
     return { close: () => w.cancel() };
   }
 
@@ -158,7 +159,7 @@ function parseRecord(input: VmRecordInput): VmRecord {
 
 /** Decodes a registry key's value; a damaged one is reported by key. */
 export function decode(kv: IKeyValue): RegistryEntry {
-  const key = kv.key.toString();
+  const key = ROOT + kv.key.toString(); // read through the namespace: relative to /vmhost/
   let raw: unknown;
   try {
     raw = JSON.parse(kv.value.toString());

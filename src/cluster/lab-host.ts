@@ -126,7 +126,11 @@ async function main(): Promise<void> {
         if (cmd.cmd === "update") say("updated", { info: await membership.update(cmd.patch ?? {}) });
         else if (cmd.cmd === "lock") {
           say("lock-waiting", { name: cmd.name });
-          held = await acquireLock(conn, cmd.name!, { ttlSeconds: ttl, deadlineMs: cmd.deadlineMs ?? 30_000 });
+          held = await acquireLock(conn, cmd.name!, {
+            ttlSeconds: ttl,
+            deadlineMs: cmd.deadlineMs ?? 30_000,
+            onWait: (attempt, waitMs) => say("lock-retry", { name: cmd.name, attempt, waitMs }),
+          });
           say("locked", { name: cmd.name, attempts: held.attempts });
         } else if (cmd.cmd === "unlock") {
           await held?.release();

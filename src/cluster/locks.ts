@@ -13,6 +13,8 @@ export interface LockOptions {
   maxBackoffMs?: number;
   /** Aborts the wait (the promise rejects with the signal's reason). */
   signal?: AbortSignal;
+  /** Told each time the lock was found held, with the attempt number and the wait before the next (ms). */
+  onWait?: (attempt: number, waitMs: number) => void;
 }
 
 /** A lock this process holds. `release()` is idempotent. */
@@ -57,6 +59,7 @@ export async function acquireLock(conn: ClusterConnection, name: string, opts: L
     const left = start + deadlineMs - Date.now();
     if (left <= 0) throw new LockTimeoutError(name, Date.now() - start, attempt);
     const wait = Math.min(left, backoff * (0.5 + Math.random()));
+    opts.onWait?.(attempt, wait);
     await sleep(wait, opts.signal);
     backoff = Math.min(maxBackoff, backoff * 2);
   }

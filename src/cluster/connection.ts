@@ -1,4 +1,4 @@
-import { Etcd3, isRecoverableError, type Namespace } from "etcd3";
+import { Etcd3, GRPCUnavailableError, isRecoverableError, type Namespace } from "etcd3";
 import { circuitBreaker, ConsecutiveBreaker, handleWhen, isBrokenCircuitError, noop, retry } from "cockatiel";
 import { ClusterUnreachableError, QuorumLostError, type QuorumView } from "./errors.js";
 import { ROOT } from "./keys.js";
@@ -53,9 +53,12 @@ export class ClusterConnection {
       dialTimeout: timeout,
       defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: Date.now() + timeout }),
       faultHandling: {
-        // A member that failed is skipped for 1 s (then tried again), so calls do not keep
-        // waiting on a dead member; a failed call is retried on the next member.
-        host: () => circuitBreaker(handleWhen(isRecoverableError), { halfOpenAfter: 1000, breaker: new ConsecutiveBreaker(1) }),
+        // A member that cannot be connected to is skipped for 1 s (then tried again), so calls
+        // do not keep waiting on a dead member; a failed call is retried on the next member.
+        // Only transport failures count: a member without a leader answers writes with
+        // "etcdserver: request timed out" / "no leader" (also gRPC UNAVAILABLE) but still serves
+        // serializable reads, so it must stay in use.
+        host: () => circuitBreaker(handleWhen(isConnectionFailure), { halfOpenAfter: 1000, breaker: new ConsecutiveBreaker(1) }),
         global: retry(handleWhen(isRecoverableError), { maxAttempts: this.endpoints.length - 1 }),
       },
     });
@@ -150,6 +153,11 @@ export async function memberStatus(endpoint: string, timeoutMs = 3000): Promise<
   } finally {
     c.close();
   }
+}
+
+/** A member could not be reached at all (as opposed to a member that answered with an error). */
+export function isConnectionFailure(err: Error): boolean {
+  return err instanceof GRPCUnavailableError && !/etcdserver:/.test(err.message);
 }
 
 /**

@@ -45,6 +45,12 @@ export interface QuorumView {
  * answer, or those that answer have no raft leader. etcd then cannot commit anything, so every
  * change is refused; running VMs are not touched by the refusal itself (see index.ts for the
  * self-fencing rule that applies when this lasts longer than the lease TTL).
+ *
+ * One window is inherent to any consensus system: in the first election timeout after losing
+ * its followers, a leader may still accept a proposal into its log; the caller gets this error
+ * (the request timed out) and the change then commits if quorum returns with that log. Every
+ * registry change is revision-checked, so after quorum returns the caller re-reads and sees
+ * from the revision whether it happened. Once no member has a leader, nothing is accepted.
  */
 export class QuorumLostError extends VmhostError {
   constructor(

@@ -74,12 +74,13 @@ async function main(): Promise<void> {
       // Read after the key is back (join/register put it before 'recovered').
       for (let i = 0; ; i++) {
         try {
-          const actions = planRejoin(host, await registry.list(), local);
+          const entries = await registry.list();
+          const actions = planRejoin(host, entries, local);
           for (const x of actions) {
             if (x.action === "start" || x.action === "resume" || x.action === "keep") local.set(x.id, "running");
             else local.set(x.id, "off");
           }
-          say("rejoin-plan", { actions, local: Object.fromEntries(local) });
+          say("rejoin-plan", { actions, local: Object.fromEntries(local), registry: entries.map((e) => ({ id: e.id, owner: e.owner, state: e.state, revision: e.revision })) });
           return;
         } catch (err) {
           if (i > 20) return say("rejoin-failed", { error: err instanceof Error ? err.message : String(err) });

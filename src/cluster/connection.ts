@@ -1,4 +1,5 @@
-import { Etcd3, GRPCUnavailableError, isRecoverableError, type Namespace } from "etcd3";
+import { InterceptingCall, type Interceptor } from "@grpc/grpc-js";
+import { Etcd3, GRPCUnavailableError, isRecoverableError, type IOptions, type Namespace } from "etcd3";
 import { circuitBreaker, ConsecutiveBreaker, handleWhen, isBrokenCircuitError, noop, retry } from "cockatiel";
 import { ClusterUnreachableError, QuorumLostError, type QuorumView } from "./errors.js";
 import { ROOT } from "./keys.js";
@@ -49,9 +50,8 @@ export class ClusterConnection {
     this.requestTimeoutMs = opts.requestTimeoutMs ?? 3000;
     const timeout = this.requestTimeoutMs;
     this.etcd = new Etcd3({
+      ...transportOptions(timeout),
       hosts: this.endpoints.slice(),
-      dialTimeout: timeout,
-      defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: Date.now() + timeout }),
       faultHandling: {
         // A member that cannot be connected to is skipped for 1 s (then tried again), so calls
         // do not keep waiting on a dead member; a failed call is retried on the next member.
@@ -128,12 +128,45 @@ export class ClusterConnection {
 
 /** A client bound to exactly one member (no retries elsewhere): for status probes and formation. */
 export function memberClient(endpoint: string, timeoutMs = 3000): Etcd3 {
-  return new Etcd3({
-    hosts: [endpoint],
+  return new Etcd3({ ...transportOptions(timeoutMs), hosts: [endpoint], faultHandling: { host: () => noop, global: noop } });
+}
+
+/**
+ * Streams (watches, lease keepalives) are opened "require leader", as etcd's Go client does with
+ * WithRequireLeader: etcd then refuses or ends them when its member has no leader (etcd
+ * v3rpc interceptor, metadata "hasleader"), instead of leaving a watch silently stuck on a
+ * member in a minority. Unary calls are not marked, so a leaderless member still serves
+ * serializable reads.
+ */
+const requireLeaderOnStreams: Interceptor = (options, nextCall) => {
+  const path = options.method_definition.path;
+  const streaming = options.method_definition.requestStream || options.method_definition.responseStream;
+  return new InterceptingCall(nextCall(options), {
+    start(metadata, listener, next) {
+      if (streaming && /\/(Watch|LeaseKeepAlive)$/.test(path)) metadata.set("hasleader", "true");
+      next(metadata, listener);
+    },
+  });
+};
+
+/**
+ * gRPC settings every client here shares: unary deadlines, and HTTP/2 keepalive pings so a
+ * connection to a member that vanished from the network (no RST, e.g. a cut link) is declared
+ * dead in about 9 s instead of never. etcd refuses pings more often than every 5 s
+ * (--grpc-keepalive-min-time), hence 6 s.
+ */
+function transportOptions(timeoutMs: number): Pick<IOptions, "dialTimeout" | "defaultCallOptions" | "grpcOptions"> {
+  return {
     dialTimeout: timeoutMs,
     defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: Date.now() + timeoutMs }),
-    faultHandling: { host: () => noop, global: noop },
-  });
+    // etcd3 hands these to each grpc Client: channel options plus client options (interceptors).
+    grpcOptions: {
+      "grpc.keepalive_time_ms": 6000,
+      "grpc.keepalive_timeout_ms": 3000,
+      "grpc.keepalive_permit_without_calls": 1,
+      interceptors: [requireLeaderOnStreams],
+    } as IOptions["grpcOptions"],
+  };
 }
 
 /** Status of the member at one client URL; never throws (an unreachable member is an answer). */

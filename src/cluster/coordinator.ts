@@ -20,6 +20,12 @@ export interface CoordinatorOptions {
   fencingMarginMs?: number;
   /** Wait before re-examining a host whose VMs could not all be moved, in ms (default 2000). */
   retryMs?: number;
+  /**
+   * Interval of a full re-read of members and registry in ms (default 2000), besides the watch:
+   * a watch stuck on an unreachable member is only noticed after the keepalive timeout, and
+   * a missed deletion must not delay failover for long (a re-read counts absence from now).
+   */
+  pollMs?: number;
   /** Monotonic clock in ms (default performance.now). */
   now?: () => number;
 }
@@ -54,6 +60,7 @@ export class Coordinator extends EventEmitter {
   private campaignKey: string | undefined;
   private watcher: Watcher | undefined;
   private timer: NodeJS.Timeout | undefined;
+  private poll: NodeJS.Timeout | undefined;
   private active = false;
   private stopped = false;
   private running: Promise<void> = Promise.resolve();
@@ -126,6 +133,7 @@ export class Coordinator extends EventEmitter {
       });
       w.on("error", (err) => this.emit("error", err));
       await this.sync(false);
+      this.poll = setInterval(() => this.kick(() => this.sync(false)), this.opts.pollMs ?? 2000);
       this.emit("elected");
     } catch (err) {
       this.emit("error", err instanceof Error ? err : new Error(String(err)));
@@ -137,6 +145,7 @@ export class Coordinator extends EventEmitter {
   private async standDown(): Promise<void> {
     this.active = false;
     clearTimeout(this.timer);
+    clearInterval(this.poll);
     const w = this.watcher;
     this.watcher = undefined;
     await w?.cancel().catch(() => undefined);

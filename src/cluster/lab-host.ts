@@ -22,7 +22,7 @@ import { Coordinator } from "./coordinator.js";
 import { planRejoin, type LocalCopy } from "./failover.js";
 import { acquireLock, type HeldLock } from "./locks.js";
 import { HostMembership } from "./membership.js";
-import { VmRegistry } from "./registry.js";
+import { VmRegistry, type RegistryEntry } from "./registry.js";
 
 const mono = (): number => Number(process.hrtime.bigint() / 1000n) / 1000;
 const say = (event: string, fields: Record<string, unknown> = {}): void => {
@@ -92,15 +92,22 @@ async function main(): Promise<void> {
   say("joined", { host, leaseId: membership.leaseId, pid: process.pid });
 
   // What the service's reconciler will do: start what the registry gives this host while its
-  // lease is provably alive (failover moves VMs here by changing their owner).
-  await registry.watch((ev) => {
-    if (ev.type !== "put" || membership.state !== "alive") return;
-    const e = ev.entry;
+  // lease is provably alive (failover moves VMs here by changing their owner). The watch is
+  // the fast path; a re-read every second covers a watch stuck on an unreachable member.
+  const startOwned = (e: RegistryEntry): void => {
+    if (membership.state !== "alive") return;
     if (e.owner === host && e.state === "Running" && local.get(e.id) !== "running") {
       local.set(e.id, "running");
       say("vm-started", { id: e.id, revision: e.revision });
     }
+  };
+  await registry.watch((ev) => {
+    if (ev.type === "put") startOwned(ev.entry);
   });
+  setInterval(() => {
+    if (membership.state !== "alive") return;
+    registry.list().then((entries) => entries.forEach(startOwned), () => undefined);
+  }, 1000);
 
   let coordinator: Coordinator | undefined;
   if (a.campaign) {

@@ -1,6 +1,6 @@
 import { InterceptingCall, type Interceptor } from "@grpc/grpc-js";
 import { Etcd3, GRPCUnavailableError, isRecoverableError, type IOptions, type Namespace } from "etcd3";
-import { circuitBreaker, ConsecutiveBreaker, handleWhen, isBrokenCircuitError, noop, retry } from "cockatiel";
+import { circuitBreaker, ConsecutiveBreaker, ExponentialBackoff, handleWhen, isBrokenCircuitError, noop, retry } from "cockatiel";
 import { ClusterUnreachableError, QuorumLostError, type QuorumView } from "./errors.js";
 import { ROOT } from "./keys.js";
 
@@ -60,6 +60,7 @@ export class ClusterConnection {
         // serializable reads, so it must stay in use.
         host: () => circuitBreaker(handleWhen(isConnectionFailure), { halfOpenAfter: 1000, breaker: new ConsecutiveBreaker(1) }),
         global: retry(handleWhen(isRecoverableError), { maxAttempts: this.endpoints.length - 1 }),
+        watchBackoff: WATCH_BACKOFF,
       },
     });
     this.ns = this.etcd.namespace(ROOT);
@@ -128,8 +129,15 @@ export class ClusterConnection {
 
 /** A client bound to exactly one member (no retries elsewhere): for status probes and formation. */
 export function memberClient(endpoint: string, timeoutMs = 3000): Etcd3 {
-  return new Etcd3({ ...transportOptions(timeoutMs), hosts: [endpoint], faultHandling: { host: () => noop, global: noop } });
+  return new Etcd3({ ...transportOptions(timeoutMs), hosts: [endpoint], faultHandling: { host: () => noop, global: noop, watchBackoff: WATCH_BACKOFF } });
 }
+
+/**
+ * How soon a broken watch stream is opened again: etcd3's default backoff grows to 30 s, so a
+ * few failed reconnects while a member had no leader left watches (the coordinator's, election
+ * observers) deaf for that long after the cluster was fine again. Capped at 1 s.
+ */
+const WATCH_BACKOFF = new ExponentialBackoff({ initialDelay: 100, maxDelay: 1000 }).next();
 
 /**
  * Streams (watches, lease keepalives) are opened "require leader", as etcd's Go client does with

@@ -1,6 +1,6 @@
 import { EventEmitter } from "node:events";
 import { performance } from "node:perf_hooks";
-import type { Campaign, ElectionObserver, Watcher } from "etcd3";
+import type { Campaign, Watcher } from "etcd3";
 import type { ClusterConnection } from "./connection.js";
 import { FailoverTracker, planFailover, type FailoverDue, type FailoverMove } from "./failover.js";
 import { COORDINATOR_ELECTION, memberKey, MEMBERS, ROOT, validateHostName, vmKey } from "./keys.js";
@@ -253,13 +253,45 @@ export class Coordinator extends EventEmitter {
 
 /**
  * Follows who the coordinator is: `onChange` gets the host name (undefined while there is
- * none). Observers see every change (etcd3's election observer watches the election keys).
+ * none) whenever it changes. Any event under the election prefix, a (re)connected watch and a
+ * re-read every `pollMs` (default 2000) make it read the oldest campaign key again, which is
+ * the coordinator by definition. (etcd3's own ElectionObserver takes the *last* put of a batch
+ * as the leader, so after a delayed watch it reported a host that was not the coordinator.)
  */
-export async function observeCoordinator(conn: ClusterConnection, onChange: (host: string | undefined) => void): Promise<{ current(): string | undefined; close(): Promise<void> }> {
-  const observer: ElectionObserver = await conn.guard("observe the coordinator election", () => conn.ns.election(COORDINATOR_ELECTION).observe());
-  onChange(observer.leader());
-  observer.on("change", (v) => onChange(v));
-  return { current: () => observer.leader(), close: () => observer.cancel() };
+export async function observeCoordinator(
+  conn: ClusterConnection,
+  onChange: (host: string | undefined) => void,
+  opts: { pollMs?: number } = {},
+): Promise<{ current(): string | undefined; close(): Promise<void> }> {
+  let current: string | undefined;
+  let known = false;
+  let closed = false;
+  let chain: Promise<void> = Promise.resolve();
+  const refresh = (): void => {
+    chain = chain.then(async () => {
+      if (closed) return;
+      const now = await currentCoordinator(conn).catch(() => current);
+      if (!known || now !== current) {
+        known = true;
+        current = now;
+        if (!closed) onChange(now);
+      }
+    });
+  };
+  const w: Watcher = await conn.guard("observe the coordinator election", () => conn.ns.watch().prefix(`election/${COORDINATOR_ELECTION}/`).create());
+  w.on("data", refresh);
+  w.on("connected", refresh);
+  const poll = setInterval(refresh, opts.pollMs ?? 2000);
+  refresh();
+  await chain;
+  return {
+    current: () => current,
+    async close() {
+      closed = true;
+      clearInterval(poll);
+      await w.cancel();
+    },
+  };
 }
 
 /** The coordinator now (the oldest campaign key's value), or undefined. `serializable` works without quorum (maybe stale). */

@@ -206,14 +206,14 @@ export class HostMembership extends EventEmitter {
    * fails; then the next one is tried after `retryIntervalMs`. (etcd3's pool picks a random
    * endpoint per call, and a keepalive stream to a dead member took 1-3 s to fail here, so a
    * random pick could miss several renewals in a row and fence a healthy host.) An attempt gets
-   * a renewal interval's share per endpoint (at least 300 ms), so one unreachable member cannot
-   * use up the TTL: within one TTL every endpoint is tried several times.
+   * half a renewal interval (at least 500 ms, at most the request timeout), so one unreachable
+   * member cannot use up the TTL: within one TTL every endpoint is tried.
    */
   private async renew(): Promise<void> {
     if (this.stopped) return;
     if (this.fence.leaseLost) return this.register();
     const sentAt = this.now();
-    const attemptMs = Math.max(300, Math.min(this.conn.requestTimeoutMs, this.renewIntervalMs / this.renewClients.length));
+    const attemptMs = Math.max(500, Math.min(this.conn.requestTimeoutMs, this.renewIntervalMs / 2));
     const via = this.renewClients[this.renewVia % this.renewClients.length]!;
     try {
       const ttl = await keepaliveOnce(via, this._leaseId, attemptMs);

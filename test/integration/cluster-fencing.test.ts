@@ -4,11 +4,11 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { ClusterConnection } from "../../src/cluster/connection.js";
-import { LabCluster, LabHostProcess, type LabEvent } from "../../src/cluster/lab.js";
+import { LabCluster, LabHostProcess, monoNow, type LabEvent } from "../../src/cluster/lab.js";
 import { VmRegistry } from "../../src/cluster/registry.js";
 import { clusterStatus } from "../../src/cluster/status.js";
 
-const TTL = 3;
+const TTL = 3; // a's, the host that fences; the others renew with 10 s (no fencing of theirs on a loaded machine)
 const MARGIN_MS = 3000;
 const WAIT = 45_000;
 const needs = { memoryMiB: 1024, switches: ["lan"], storage: ["shared"] };
@@ -30,14 +30,15 @@ test("self-fencing: a host whose only etcd member dies fences itself; the majori
 
   // Host a sees etcd only through its own member (a "1-host view"); b coordinates; c is a spare.
   const a = LabHostProcess.spawn({ host: "a", endpoints: lab.endpoints(["a"]), ttlSeconds: TTL, running: ["vm1"], switches: ["lan"], storage: ["shared"], freeMemoryMiB: 8192 });
-  const b = LabHostProcess.spawn({ host: "b", endpoints: lab.endpoints(["b", "c"]), ttlSeconds: TTL, campaign: true, fencingMarginMs: MARGIN_MS, switches: ["lan"], storage: ["shared"], freeMemoryMiB: 8192 });
-  const c = LabHostProcess.spawn({ host: "c", endpoints: lab.endpoints(["c", "b"]), ttlSeconds: TTL, switches: ["lan"], storage: ["shared"], freeMemoryMiB: 2048 });
+  const b = LabHostProcess.spawn({ host: "b", endpoints: lab.endpoints(["b", "c"]), ttlSeconds: 10, campaign: true, fencingMarginMs: MARGIN_MS, switches: ["lan"], storage: ["shared"], freeMemoryMiB: 8192 });
+  const c = LabHostProcess.spawn({ host: "c", endpoints: lab.endpoints(["c", "b"]), ttlSeconds: 10, switches: ["lan"], storage: ["shared"], freeMemoryMiB: 2048 });
   hosts.push(a, b, c);
   await Promise.all([a.waitFor("joined", WAIT), b.waitFor("elected", WAIT), c.waitFor("joined", WAIT)]);
 
+  const cutAt = monoNow();
   await lab.kill("a"); // a's etcd is gone; b and c still have quorum (2 of 3)
 
-  const fenced = await a.waitFor("fence-done", WAIT);
+  const fenced = await a.waitFor((e) => e.event === "fence-done" && e.mono > cutAt, WAIT);
   assert.deepEqual(fenced["vmsOff"], ["vm1"]);
   const moved = await b.waitFor((e) => e.event === "failover" && e["id"] === "vm1", WAIT);
   const started = await b.waitFor((e) => e.event === "vm-started" && e["id"] === "vm1", WAIT);
@@ -58,9 +59,9 @@ test("self-fencing: a host whose only etcd member dies fences itself; the majori
 
   // a's member comes back: a's old lease expired, so it registers anew and the registry decides.
   await lab.restart("a");
-  const back = await a.waitFor("recovered", WAIT);
+  const back = await a.waitFor((e) => e.event === "recovered" && e.mono > fenced.mono, WAIT);
   assert.equal(back["leaseSurvived"], false);
-  const plan = await a.waitFor("rejoin-plan", WAIT);
+  const plan = await a.waitFor((e) => e.event === "rejoin-plan" && e.mono > back.mono, WAIT);
   // vm1 belongs to b now: nothing to start here, and the fenced copy stays off.
   assert.deepEqual(plan["actions"], []);
   assert.deepEqual(plan["local"], { vm1: "off" });

@@ -14,7 +14,8 @@ test("locks: one holder at a time; waiters retry with backoff until it is releas
   const dir = await mkdtemp(join(tmpdir(), "vmhost-cluster-lock-"));
   const lab = await LabCluster.start({ dir, names: ["a", "b", "c"] });
   const conn = ClusterConnection.open({ endpoints: lab.endpoints() });
-  const p1 = LabHostProcess.spawn({ host: "p1", endpoints: lab.endpoints(), ttlSeconds: 3 });
+  // Lock leases of 10 s: a loaded machine must not let p1's lock lapse while it holds it.
+  const p1 = LabHostProcess.spawn({ host: "p1", endpoints: lab.endpoints(), ttlSeconds: 10 });
   // p2's locks live 10 s after it dies: long enough that "still held right after its death" is certain.
   const p2 = LabHostProcess.spawn({ host: "p2", endpoints: lab.endpoints(), ttlSeconds: 10 });
   t.after(async () => {

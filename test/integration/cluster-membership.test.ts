@@ -9,7 +9,7 @@ import { LabCluster, LabHostProcess, monoNow } from "../../src/cluster/lab.js";
 import { hostOfMemberKey, listMembers } from "../../src/cluster/membership.js";
 import { clusterStatus } from "../../src/cluster/status.js";
 
-const TTL = 3;
+const TTL = 5;
 /** Generous bounds for things that must happen (never a guess at when they happen). */
 const WAIT = 30_000;
 

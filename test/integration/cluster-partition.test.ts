@@ -6,14 +6,14 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { run } from "../../src/images/appliance/run.js";
 import { ClusterConnection } from "../../src/cluster/connection.js";
-import { LabCluster, LabHostProcess } from "../../src/cluster/lab.js";
+import { LabCluster, LabHostProcess, monoNow } from "../../src/cluster/lab.js";
 import { VmRegistry } from "../../src/cluster/registry.js";
 import { clusterStatus } from "../../src/cluster/status.js";
 import { TestNetns } from "../helpers/netns.js";
 
-// Long enough that the majority's own renewals survive the raft election that follows the cut
-// (etcd here: election timeout 1 s, a new leader within ~2 s); a shorter TTL made b fence too.
-const TTL = 6;
+// a's lease; b and c renew with 10 s so that the raft election after the cut (etcd here:
+// election timeout 1 s, a new leader within ~2 s) never makes them fence as well.
+const TTL = 4;
 const MARGIN_MS = 3000;
 const WAIT = 60_000;
 const needs = { memoryMiB: 1024, switches: ["lan"], storage: ["shared"] };
@@ -74,13 +74,14 @@ test("partition: a host cut off from the others (veth down) fences itself; the m
     return h;
   };
   const a = spawnHost("a", { running: ["vm1"], freeMemoryMiB: 8192 });
-  const b = spawnHost("b", { campaign: true, fencingMarginMs: MARGIN_MS, freeMemoryMiB: 8192 });
-  const c = spawnHost("c", { freeMemoryMiB: 4096 });
+  const b = spawnHost("b", { campaign: true, fencingMarginMs: MARGIN_MS, freeMemoryMiB: 8192, ttlSeconds: 10 });
+  const c = spawnHost("c", { freeMemoryMiB: 4096, ttlSeconds: 10 });
   await Promise.all([a.waitFor("joined", WAIT), b.waitFor("elected", WAIT), c.waitFor("joined", WAIT)]);
 
+  const cutAt = monoNow();
   await run("ip", ["link", "set", veth["a"]!, "down"]);
 
-  const fenced = await a.waitFor("fence-done", WAIT);
+  const fenced = await a.waitFor((e) => e.event === "fence-done" && e.mono > cutAt, WAIT);
   assert.deepEqual(fenced["vmsOff"], ["vm1"]);
   const moved = await b.waitFor((e) => e.event === "failover" && e["id"] === "vm1", WAIT);
   assert.equal(moved["to"], "b");
@@ -97,9 +98,9 @@ test("partition: a host cut off from the others (veth down) fences itself; the m
 
   // Healed: a's old lease expired while it was cut off; it registers anew and the registry decides.
   await run("ip", ["link", "set", veth["a"]!, "up"]);
-  const back = await a.waitFor("recovered", WAIT);
+  const back = await a.waitFor((e) => e.event === "recovered" && e.mono > fenced.mono, WAIT);
   assert.equal(back["leaseSurvived"], false);
-  const plan = await a.waitFor("rejoin-plan", WAIT);
+  const plan = await a.waitFor((e) => e.event === "rejoin-plan" && e.mono > back.mono, WAIT);
   assert.deepEqual(plan["actions"], [], "vm1 is b's now: nothing to start on a");
   assert.deepEqual(plan["local"], { vm1: "off" });
   assert.equal(a.all("vm-started").length, 0, "a never started a stale copy");

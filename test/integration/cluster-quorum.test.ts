@@ -5,7 +5,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { ClusterConnection } from "../../src/cluster/connection.js";
 import { QuorumLostError } from "../../src/cluster/errors.js";
-import { LabCluster, LabHostProcess } from "../../src/cluster/lab.js";
+import { LabCluster, LabHostProcess, monoNow } from "../../src/cluster/lab.js";
 import { acquireLock } from "../../src/cluster/locks.js";
 import { listMembers } from "../../src/cluster/membership.js";
 import { VmRegistry } from "../../src/cluster/registry.js";
@@ -36,6 +36,7 @@ test("quorum loss (2 of 3 members killed): changes are refused with a clear erro
   hosts.push(h);
   const joined = await h.waitFor("joined", WAIT);
 
+  const cutAt = monoNow();
   await lab.kill("b");
   await lab.kill("c");
   // Until the survivor notices (CheckQuorum: one election timeout), it may still act as leader
@@ -66,15 +67,15 @@ test("quorum loss (2 of 3 members killed): changes are refused with a clear erro
 
   // The rule (index.ts): a host that cannot renew for a whole TTL fences; it cannot tell this from
   // being the minority side of a partition, where the majority would restart its VMs.
-  const fenced = await h.waitFor("fence-done", WAIT);
+  const fenced = await h.waitFor((e) => e.event === "fence-done" && e.mono > cutAt, WAIT);
   assert.deepEqual(fenced["vmsOff"], ["vm1"]);
 
   // One member back: quorum again. etcd's new leader extends every lease by a full TTL, so h's
   // lease outlived the outage; nobody failed h over, and the registry (owner h) lets h start vm1.
   await lab.restart("b");
-  const back = await h.waitFor("recovered", WAIT);
+  const back = await h.waitFor((e) => e.event === "recovered" && e.mono > fenced.mono, WAIT);
   assert.equal(back["leaseSurvived"], true);
-  const plan = await h.waitFor("rejoin-plan", WAIT);
+  const plan = await h.waitFor((e) => e.event === "rejoin-plan" && e.mono > back.mono, WAIT);
   assert.deepEqual(plan["actions"], [{ id: "vm1", action: "start" }], JSON.stringify(h.events));
   const [m] = await listMembers(conn);
   assert.equal(m?.leaseId, joined["leaseId"], "the member key is bound to the same lease");

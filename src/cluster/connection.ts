@@ -1,7 +1,7 @@
 import { InterceptingCall, type Interceptor } from "@grpc/grpc-js";
 import { Etcd3, GRPCUnavailableError, isRecoverableError, type IOptions, type Namespace } from "etcd3";
 import { circuitBreaker, ConsecutiveBreaker, ExponentialBackoff, handleWhen, isBrokenCircuitError, noop, retry } from "cockatiel";
-import { ClusterUnreachableError, QuorumLostError, type QuorumView } from "./errors.js";
+import { ClusterTimeoutError, ClusterUnreachableError, QuorumLostError, type QuorumView } from "./errors.js";
 import { ROOT } from "./keys.js";
 
 /** How a host reaches the cluster. */
@@ -76,8 +76,9 @@ export class ClusterConnection {
 
   /**
    * Runs one etcd operation; when it fails for lack of etcd (not for a logical reason) the
-   * failure becomes a {@link QuorumLostError} or a {@link ClusterUnreachableError}, decided by
-   * asking every endpoint for its status. `operation` completes "cannot …" in the message.
+   * failure becomes a {@link QuorumLostError}, a {@link ClusterUnreachableError} (no member
+   * answers) or a {@link ClusterTimeoutError} (quorum is there; transient), decided by asking
+   * every endpoint for its status. `operation` completes "cannot …" in the message.
    */
   async guard<T>(operation: string, fn: () => Promise<T>): Promise<T> {
     try {
@@ -93,7 +94,7 @@ export class ClusterConnection {
     const view = await this.quorumView();
     if (view.reachable === 0) return new ClusterUnreachableError(this.endpoints, operation, err);
     if (!view.hasLeader || view.reachable < Math.floor(view.members / 2) + 1) return new QuorumLostError(view, operation);
-    return new ClusterUnreachableError(this.endpoints, operation, err);
+    return new ClusterTimeoutError(operation, err);
   }
 
   /**

@@ -138,7 +138,8 @@ export class Coordinator extends EventEmitter {
     } catch (err) {
       this.emit("error", err instanceof Error ? err : new Error(String(err)));
       await this.standDown();
-      setTimeout(() => this.kick(() => this.takeOver(campaign)), this.opts.retryMs ?? 2000);
+      // Still elected (the campaign did not fail): take over again once etcd answers.
+      setTimeout(() => void this.takeOver(campaign), this.opts.retryMs ?? 2000);
     }
   }
 

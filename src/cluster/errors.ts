@@ -90,6 +90,25 @@ export class ClusterUnreachableError extends VmhostError {
   }
 }
 
+/**
+ * etcd did not answer in time although a majority of members is up and has a leader (an
+ * overloaded member, a leader election in progress). Transient: retry.
+ */
+export class ClusterTimeoutError extends VmhostError {
+  constructor(
+    readonly operation: string,
+    override readonly cause?: unknown,
+  ) {
+    super(
+      "cluster-timeout",
+      `cannot ${operation}: etcd did not answer in time${cause instanceof Error ? ` (${cause.message})` : ""}, ` +
+        `although a majority of its members is up with a leader; retry in a moment`,
+      503,
+    );
+    this.name = "ClusterTimeoutError";
+  }
+}
+
 /** A cluster lock was still held by someone else when the caller's deadline passed. */
 export class LockTimeoutError extends VmhostError {
   constructor(

@@ -80,6 +80,7 @@ export { ClusterConnection, isUnavailability, memberClient, memberStatus, type C
 export { Coordinator, currentCoordinator, observeCoordinator, type CoordinatorOptions, type UnplaceableEvent } from "./coordinator.js";
 export {
   ClusterConfigError,
+  ClusterTimeoutError,
   ClusterUnreachableError,
   EtcdMemberError,
   LockTimeoutError,

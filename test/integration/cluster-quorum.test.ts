@@ -4,7 +4,7 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { ClusterConnection } from "../../src/cluster/connection.js";
-import { QuorumLostError } from "../../src/cluster/errors.js";
+import { ClusterUnreachableError, QuorumLostError } from "../../src/cluster/errors.js";
 import { LabCluster, LabHostProcess, monoNow } from "../../src/cluster/lab.js";
 import { acquireLock } from "../../src/cluster/locks.js";
 import { listMembers } from "../../src/cluster/membership.js";
@@ -82,6 +82,10 @@ test("quorum loss (2 of 3 members killed): changes are refused with a clear erro
   // The refused changes did not happen, and changes work again.
   assert.equal((await registry.get("vm1"))?.revision, added.revision);
   assert.equal(await registry.get("vm2"), undefined);
+  // A host that can reach no member at all (c is still dead) is told so, by address.
+  const onlyC = ClusterConnection.open({ endpoints: lab.endpoints(["c"]), requestTimeoutMs: 1000 });
+  await assert.rejects(new VmRegistry(onlyC).list(), (e: unknown) => e instanceof ClusterUnreachableError && e.code === "cluster-unreachable" && (e as Error).message.includes(lab.endpoints(["c"])[0]!));
+  onlyC.close();
   const updated = await registry.update("vm1", added.revision, { id: "vm1", name: "web", owner: "h", state: "Running", needs, config: { note: "changed after quorum returned" } });
   assert.ok(BigInt(updated.revision) > BigInt(added.revision));
 });

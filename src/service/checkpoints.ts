@@ -69,6 +69,17 @@ export interface CheckpointResult {
 
 const RemovalRecord = z.object({ checkpointId: z.string(), name: z.string(), steps: z.array(z.unknown()), tree: CheckpointTree }).strict();
 
+/**
+ * A checkpoint taken as its caller needs, whatever the VM's checkpoint type (and also when its
+ * checkpoints are Disabled; the limit of 50 still holds):
+ * - "Standard": memory and device state with the disks (Export-VM CaptureSavedState);
+ * - "ProductionOnly": the guest's file systems frozen through its agent, no memory; refused
+ *   when the agent cannot freeze (CaptureDataConsistentState);
+ * - "CrashConsistent": the disks and NVRAM as they are at a brief pause, no freeze and no memory
+ *   (CaptureCrashConsistentState); recorded as a Production checkpoint (it applies cold).
+ */
+export type CheckpointCapture = "Standard" | "ProductionOnly" | "CrashConsistent";
+
 /** A stable job id per image, so a restarted service finds a block job it started. */
 function jobId(kind: string, path: string): string {
   return `vmhost-${kind}-${createHash("sha256").update(path).digest("hex").slice(0, 12)}`;
@@ -180,12 +191,16 @@ export class CheckpointManager {
 
   // ---- Checkpoint-VM ----------------------------------------------------------------
 
-  async create(ref: string, opts: { name?: string } = {}): Promise<CheckpointResult> {
+  /**
+   * Checkpoint-VM. `capture` overrides the VM's checkpoint type for a caller that needs a given
+   * kind of moment (Export-VM's -CaptureLiveState): see CheckpointCapture.
+   */
+  async create(ref: string, opts: { name?: string; capture?: CheckpointCapture } = {}): Promise<CheckpointResult> {
     const vm = await this.store.resolve(ref);
     return this.supervisor.withLock(vm.id, () => this.createLocked(vm.id, opts));
   }
 
-  private async createLocked(id: string, opts: { name?: string }): Promise<CheckpointResult> {
+  private async createLocked(id: string, opts: { name?: string; capture?: CheckpointCapture }): Promise<CheckpointResult> {
     const home = this.store.home(id);
     await this.changes.recover(home);
     await this.finishRemoval(home);
@@ -196,15 +211,17 @@ export class CheckpointManager {
       const vm = ctx.vm;
       const before = ctx.before!;
       const tree = await this.readTree(home);
-      checkNewCheckpoint(vm, tree.checkpoints.length);
+      // A capture is taken for its caller and removed again: the VM's own type does not forbid it.
+      checkNewCheckpoint(opts.capture ? { ...vm, checkpointType: "Standard" } : vm, tree.checkpoints.length);
       if (!["Off", "Saved", "Running", "Paused"].includes(ctx.state)) {
         throw new VmhostError("invalid-state", `VM "${vm.name}" is ${ctx.state}: a checkpoint needs it Running, Paused, Saved or Off`, 409);
       }
       if (opts.name !== undefined && (opts.name.trim() === "" || [...opts.name].length > 100)) throw new VmhostError("bad-request", "a checkpoint name has 1-100 characters");
       // What kind, by the VM's checkpoint type (Set-VM -CheckpointType) and what the guest allows.
-      let type: TakenType = vm.checkpointType === "Standard" ? "Standard" : "Production";
+      const policy = opts.capture === undefined ? vm.checkpointType : opts.capture === "CrashConsistent" ? "Production" : opts.capture;
+      let type: TakenType = policy === "Standard" ? "Standard" : "Production";
       let frozen = false;
-      if (ctx.running && type === "Production") {
+      if (ctx.running && type === "Production" && opts.capture !== "CrashConsistent") {
         let why: string | undefined;
         if (ctx.state === "Paused") why = "the VM is paused, so its guest agent cannot freeze the file systems";
         else {
@@ -216,8 +233,9 @@ export class CheckpointManager {
           }
         }
         if (!frozen) {
-          if (vm.checkpointType === "ProductionOnly") {
-            throw new RuleError("production-checkpoint-failed", `a production checkpoint of VM "${vm.name}" is not possible (${why}), and its checkpoint type is ProductionOnly; nothing was changed`);
+          if (policy === "ProductionOnly") {
+            const demanded = opts.capture ? "a data-consistent capture was asked for" : "its checkpoint type is ProductionOnly";
+            throw new RuleError("production-checkpoint-failed", `a production checkpoint of VM "${vm.name}" is not possible (${why}), and ${demanded}; nothing was changed`);
           }
           type = "Standard";
           ctx.messages.push(`a Production checkpoint was not possible (${why}); a Standard checkpoint was taken instead`);

@@ -9,6 +9,7 @@ import { firmwareRoutes } from "./routes-firmware.js";
 import { guestRoutes, handleGuestStream } from "./routes-guest.js";
 import { networkRoutes } from "./routes-network.js";
 import { checkpointRoutes, handleCheckpointStream } from "./routes-checkpoints.js";
+import { handleTravelStream, travelRoutes } from "./routes-travel.js";
 
 /** Request bodies, validated at the edge. */
 export const Schemas = {
@@ -117,6 +118,7 @@ const routes: Route<VmHost>[] = [
   ...firmwareRoutes,
   ...networkRoutes,
   ...checkpointRoutes,
+  ...travelRoutes,
 ];
 
 async function readBody(req: IncomingMessage, limit = 1024 * 1024): Promise<unknown> {
@@ -141,6 +143,7 @@ export function apiHandler(manager: VmHost, onActivity: () => void) {
     const url = new URL(req.url ?? "/", "http://vmhost");
     if (await handleGuestStream(manager, req, res, url, (r) => readBody(r))) return;
     if (await handleCheckpointStream(manager, req, res, url, (r) => readBody(r))) return;
+    if (await handleTravelStream(manager, req, res, url, (r) => readBody(r), onActivity)) return;
     let status = 200;
     let payload: unknown;
     try {

@@ -14,11 +14,15 @@ import { Supervisor } from "../supervisor/supervisor.js";
 import { sweepTempFiles } from "../util/atomic.js";
 import { VmChanges } from "./changes.js";
 import { CheckpointManager } from "./checkpoints.js";
+import { GenerationConverter } from "./convert.js";
 import { DeviceManager } from "./devices.js";
 import { DiskPolicy } from "./disks.js";
 import { FirmwareManager } from "./firmware.js";
 import { IntegrationManager } from "./integration.js";
 import { NvramStep } from "./nvram.js";
+import { ExportManager } from "./travel/export.js";
+import { ImportManager } from "./travel/import.js";
+import { StorageDirs, VhdManager } from "./vhd.js";
 import { VmManager } from "./vms.js";
 
 /**
@@ -27,7 +31,8 @@ import { VmManager } from "./vms.js";
  * (api.ts) and the CLI speak to these parts.
  *
  *   layout -> store -> sessions -> supervisor -> nvram step -> changes -> network
- *          -> devices -> integration -> firmware -> vms
+ *          -> devices -> integration -> firmware -> vms -> checkpoints
+ *          -> storage dirs -> vhd tools, export, import, generation conversion
  */
 export class VmHost {
   readonly layout: HostLayout;
@@ -45,6 +50,12 @@ export class VmHost {
   readonly firmware: FirmwareManager;
   readonly vms: VmManager;
   readonly checkpoints: CheckpointManager;
+  /** Where vmhostd may write files users name (VHD tools, exports, import destinations). */
+  readonly storage: StorageDirs;
+  readonly vhd: VhdManager;
+  readonly exports: ExportManager;
+  readonly imports: ImportManager;
+  readonly conversions: GenerationConverter;
   private accel?: Promise<AccelDecision>;
   /** What opening the home did to an older layout (empty when it was current). */
   migration?: MigrationReport;
@@ -88,6 +99,39 @@ export class VmHost {
       disks: this.disks,
     });
     this.checkpoints = new CheckpointManager({ store: this.store, supervisor: this.supervisor, changes: this.changes, vms: this.vms, integration: this.integration });
+    this.storage = new StorageDirs(this.layout.home);
+    this.vhd = new VhdManager({ store: this.store, supervisor: this.supervisor, disks: this.disks, checkpoints: this.checkpoints, dirs: this.storage });
+    this.exports = new ExportManager({
+      store: this.store,
+      supervisor: this.supervisor,
+      changes: this.changes,
+      checkpoints: this.checkpoints,
+      disks: this.disks,
+      dirs: this.storage,
+      hostDir: this.layout.hostDir,
+    });
+    this.imports = new ImportManager({
+      store: this.store,
+      supervisor: this.supervisor,
+      changes: this.changes,
+      disks: this.disks,
+      network: this.network,
+      macs: this.macs,
+      dirs: this.storage,
+      disksDir: this.layout.disksDir,
+      hostCapacity: () => this.hostCapacity(),
+    });
+    this.conversions = new GenerationConverter({
+      store: this.store,
+      supervisor: this.supervisor,
+      changes: this.changes,
+      vms: this.vms,
+      disks: this.disks,
+      macs: this.macs,
+      sessions: this.sessions,
+      diagnosis: (id) => this.diagnostics.current(id),
+      disksDir: this.layout.disksDir,
+    });
     // Every state change is journaled, so `events` tells the VM's whole story.
     this.supervisor.on("state", (vm, state) => void this.supervisor.event(vm, "state", `state: ${state}`, { state }));
   }
@@ -108,6 +152,10 @@ export class VmHost {
     await this.supervisor.adoptAll();
     await this.changes.recoverAll(this.layout.vmsDir);
     await this.checkpoints.recoverAll();
+    // Exports a killed vmhostd left: their temporary checkpoints merged away, their folders gone.
+    await this.exports.recoverAll();
+    await this.conversions.sweep();
+    await this.storage.sweep();
     await this.network.init();
   }
 

@@ -11,6 +11,8 @@ import { FIRMWARE_USAGE, firmwareCommand } from "./firmware.js";
 import { serviceCommand } from "./service.js";
 import { CHECKPOINT_USAGE, checkpointCommand } from "./checkpoint-commands.js";
 import { NETWORK_USAGE, netbootCommand, nicConnectCommand, switchCommand } from "./network-commands.js";
+import { TRAVEL_USAGE, convertGenerationCommand, exportCommand, importCommand } from "./travel-commands.js";
+import { VHD_USAGE, vhdCommand } from "./vhd-commands.js";
 
 const USAGE = `vmhost: Hyper-V-style virtual machines on QEMU
 
@@ -32,6 +34,10 @@ VMs
   console NAME [--log]          events NAME [--json] [--follow]
 
 ${CHECKPOINT_USAGE}
+
+${TRAVEL_USAGE}
+
+${VHD_USAGE}
 
 ${FIRMWARE_USAGE}
 
@@ -355,6 +361,18 @@ export async function main(argv: string[]): Promise<number> {
 
     case "checkpoint":
       return checkpointCommand(api, rest);
+
+    case "export":
+      return exportCommand(api, rest);
+
+    case "import":
+      return importCommand(api, rest);
+
+    case "convert-generation":
+      return convertGenerationCommand(api, rest);
+
+    case "vhd":
+      return vhdCommand(api, rest);
 
     case "switch":
       return switchCommand(api, rest);

@@ -47,8 +47,9 @@ export class StorageDirs {
     return out;
   }
 
+  /** `real`: where `path` (or the folder it goes in) really is, when symlinks make that differ. */
   private refuse(path: string, real?: string): VmhostError {
-    const via = real && real !== path ? ` (it resolves to ${real})` : "";
+    const via = real && real !== path && real !== dirname(path) ? ` (it resolves to ${real})` : "";
     return new VmhostError(
       "destination-not-allowed",
       `${path}${via} is outside the directories vmhost writes to (${this.dirs.join(", ")}): vmhostd runs as root, so it creates and changes files only there. Choose a path under one of them, or add the directory to VMHOST_STORAGE_DIRS (colon-separated) in vmhostd's environment`,

@@ -78,7 +78,7 @@ export async function vhdCommand(api: ServiceClient, rest: string[]): Promise<nu
   const abs = (i: number, what: string) => resolve(need(p, i, what));
   switch (sub) {
     case "new": {
-      if (v["differencing"] !== (v["parent"] !== undefined)) throw new VmhostError("usage", "a differencing disk takes --differencing and --parent PARENT together");
+      if ((v["differencing"] === true) !== (v["parent"] !== undefined)) throw new VmhostError("usage", "a differencing disk takes --differencing and --parent PARENT together");
       const body = {
         path: abs(0, "the new disk's path"),
         format: format(v["format"], "--format"),

@@ -86,6 +86,7 @@ async function byHand(host: TestHost, vm: string, round: number): Promise<number
     }
     await sleep(20);
   }
+  await mon.blockdevDel(`hand${round}`).catch(() => undefined);
   mon.close();
   await unlink(overlay).catch(() => undefined);
   await rm(join(work, `hand-${round}.vmstate`), { force: true });

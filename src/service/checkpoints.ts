@@ -20,7 +20,7 @@ import {
   type TakenType,
 } from "../checkpoints/tree.js";
 import { QEMU_IDS } from "../engine/qemu/layout.js";
-import type { QemuMonitor } from "../engine/qemu/monitor.js";
+import type { BlockNodeInfo, QemuMonitor } from "../engine/qemu/monitor.js";
 import type { VmHome } from "../home/vm-home.js";
 import type { ProgressCallback } from "../images/tools.js";
 import { RuleError, checkNewCheckpoint, parseConfig, parseSlotRef, serializeConfig, slotRef, type ConfigStore, type VmConfig } from "../model/index.js";
@@ -277,12 +277,14 @@ export class CheckpointManager {
           }
         } else {
           const memory = type === "Standard" ? await ctx.txn.stagePath(join(cpDir, "memory.bin")) : undefined;
+          // Durable before the guest stops (fsyncs cost the guest nothing here): from now on a
+          // kill rolls the change forward once QEMU uses the overlays, back otherwise.
+          await ctx.txn.prepare();
           const r = await this.supervisor.withGuestPaused(
             vm,
             async (mon) => {
+              // Only what must be taken with the guest stopped: the NVRAM copy and the switch.
               await copyNvram();
-              // From here a kill rolls the change forward once QEMU uses the overlays.
-              await ctx.txn.prepare();
               await this.switchToOverlays(mon, switches);
             },
             memory,
@@ -515,18 +517,21 @@ export class CheckpointManager {
     if (mon) {
       const nodes = await mon.queryNamedBlockNodes();
       liveFiles = new Set(nodes.map((n) => n.file));
-      const top = nodes.find((n) => n.file === step.top.path);
+      const top = formatNode(nodes, step.top.path);
       const id = jobId("commit", step.top.path);
       const running = (await mon.queryJobs()).find((j) => j.id === id);
       if (top || running) {
         if (!running) {
-          const base = nodes.find((n) => n.file === step.base.path);
+          const base = formatNode(nodes, step.base.path);
           if (!top || !base) throw new VmhostError("checkpoint-failed", `QEMU's block graph does not hold ${step.base.path}`, 500);
           const root = rootNodeOf(await mon.queryBlock(), step.slot);
           if (!root) throw new VmhostError("checkpoint-failed", `QEMU has no drive at ${step.slot}`, 500);
           await mon.blockCommit(id, root, top["node-name"], base["node-name"]);
         }
         await runJob(mon, id, onProgress);
+        // A node made by blockdev-add stays in the graph after the job drops it from the chain,
+        // holding its backing file as a parent (then that is no root for the next job): delete it.
+        if (top) await mon.blockdevDel(top["node-name"]).catch(() => undefined);
       } else await commitInto(step.top.path, step.base, onProgress);
     } else await commitInto(step.top.path, step.base, onProgress);
     // Images that read the child's image read the base now (same content); QEMU re-points the one in its chain itself.
@@ -538,16 +543,18 @@ export class CheckpointManager {
     const mon = this.supervisor.monitorOf({ id: vmId });
     if (mon) {
       const nodes = await mon.queryNamedBlockNodes();
-      const image = nodes.find((n) => n.file === step.image.path);
+      const image = formatNode(nodes, step.image.path);
       const id = jobId("stream", step.image.path);
       const running = (await mon.queryJobs()).find((j) => j.id === id);
       if (image || running) {
         if (!running) {
-          const base = step.newBacking ? nodes.find((n) => n.file === step.newBacking!.path) : undefined;
+          const base = step.newBacking ? formatNode(nodes, step.newBacking.path) : undefined;
           if (step.newBacking && !base) throw new VmhostError("checkpoint-failed", `QEMU's block graph does not hold ${step.newBacking.path}`, 500);
           await mon.blockStream(id, image!["node-name"], base ? { baseNode: base["node-name"] } : {});
         }
         await runJob(mon, id, onProgress);
+        const from = formatNode(await mon.queryNamedBlockNodes(), step.from.path);
+        if (from) await mon.blockdevDel(from["node-name"]).catch(() => undefined);
         return;
       }
     }
@@ -588,6 +595,11 @@ export class CheckpointManager {
     const tree = await this.readTree(home).catch(() => EMPTY_TREE);
     return [...new Set(tree.checkpoints.flatMap((c) => c.disks.map((d) => d.path)))];
   }
+}
+
+/** The format node (qcow2, raw, ...) that reads `path`; its protocol node (driver "file") names the same file. */
+function formatNode(nodes: BlockNodeInfo[], path: string): BlockNodeInfo | undefined {
+  return nodes.find((n) => n.file === path && n.drv !== "file");
 }
 
 /** The root (active) node of the drive at `slot` ("SCSI 0:0"), from query-block. */

@@ -277,15 +277,21 @@ export class CheckpointManager {
           }
         } else {
           const memory = type === "Standard" ? await ctx.txn.stagePath(join(cpDir, "memory.bin")) : undefined;
-          // Durable before the guest stops (fsyncs cost the guest nothing here): from now on a
-          // kill rolls the change forward once QEMU uses the overlays, back otherwise.
+          // Every file the pause writes is listed in the journal before it (so the pause writes no
+          // journal), and what is staged is durable (fsyncs cost the guest nothing here): from now
+          // on a kill rolls the change forward once QEMU uses the overlays, back otherwise.
+          if (vm.generation === 2) {
+            await ctx.txn.stagePath(join(cpDir, "nvram.fd"));
+            if ((await readPending(home)).length) await ctx.txn.stagePath(join(cpDir, "firmware-pending.json"));
+          }
           await ctx.txn.prepare();
+          const blocks = await this.supervisor.monitorOf(vm)!.queryBlock();
           const r = await this.supervisor.withGuestPaused(
             vm,
             async (mon) => {
               // Only what must be taken with the guest stopped: the NVRAM copy and the switch.
               await copyNvram();
-              await this.switchToOverlays(mon, switches);
+              await this.switchToOverlays(mon, switches, blocks);
             },
             memory,
           );
@@ -313,9 +319,9 @@ export class CheckpointManager {
   }
 
   /** The running QEMU writes to the new overlays from now on: all disks in one QMP transaction. */
-  private async switchToOverlays(mon: QemuMonitor, switches: { slot: string; overlay: string }[]): Promise<void> {
+  private async switchToOverlays(mon: QemuMonitor, switches: { slot: string; overlay: string }[], known?: Awaited<ReturnType<QemuMonitor["queryBlock"]>>): Promise<void> {
     if (switches.length === 0) return;
-    const blocks = await mon.queryBlock();
+    const blocks = known ?? (await mon.queryBlock());
     const added: string[] = [];
     try {
       const actions = [];

@@ -14,6 +14,8 @@ import { Supervisor } from "../supervisor/supervisor.js";
 import { sweepTempFiles } from "../util/atomic.js";
 import { VmChanges } from "./changes.js";
 import { CheckpointManager } from "./checkpoints.js";
+import { IncomingMigrations } from "./migration/incoming.js";
+import { MoveManager } from "./migration/move.js";
 import { DeviceManager } from "./devices.js";
 import { DiskPolicy } from "./disks.js";
 import { FirmwareManager } from "./firmware.js";
@@ -45,6 +47,9 @@ export class VmHost {
   readonly firmware: FirmwareManager;
   readonly vms: VmManager;
   readonly checkpoints: CheckpointManager;
+  /** Move-VM: this host as a source (moves) and as a destination (incoming). */
+  readonly moves: MoveManager;
+  readonly incoming: IncomingMigrations;
   private accel?: Promise<AccelDecision>;
   /** What opening the home did to an older layout (empty when it was current). */
   migration?: MigrationReport;
@@ -88,6 +93,8 @@ export class VmHost {
       disks: this.disks,
     });
     this.checkpoints = new CheckpointManager({ store: this.store, supervisor: this.supervisor, changes: this.changes, vms: this.vms, integration: this.integration });
+    this.incoming = new IncomingMigrations({ layout: this.layout, store: this.store, supervisor: this.supervisor, changes: this.changes, network: this.network, hostCapacity: () => this.hostCapacity() });
+    this.moves = new MoveManager({ layout: this.layout, store: this.store, supervisor: this.supervisor, checkpoints: this.checkpoints, network: this.network });
     // Every state change is journaled, so `events` tells the VM's whole story.
     this.supervisor.on("state", (vm, state) => void this.supervisor.event(vm, "state", `state: ${state}`, { state }));
   }
@@ -108,6 +115,7 @@ export class VmHost {
     await this.supervisor.adoptAll();
     await this.changes.recoverAll(this.layout.vmsDir);
     await this.checkpoints.recoverAll();
+    await this.incoming.recoverAll();
     await this.network.init();
   }
 

@@ -86,6 +86,7 @@ async function byHand(host: TestHost, vm: string, round: number): Promise<number
     }
     await sleep(20);
   }
+  await mon.blockdevDel(`hand${round}`).catch(() => undefined);
   mon.close();
   await unlink(overlay).catch(() => undefined);
   await rm(join(work, `hand-${round}.vmstate`), { force: true });
@@ -164,11 +165,17 @@ async function main(): Promise<void> {
       await rm(ho, { force: true });
     }
 
+    // The fixed cost of any CLI call (node start, the request), for reading (b) and (d).
+    const cli: number[] = [];
+    for (let i = 0; i < ROUNDS * 2; i++) cli.push(await timed(() => host.ok(["list", "--json"])));
+
     printTable(`Checkpoints (${ROUNDS} rounds, medians, ms)`, [
       ["(a) guest paused, vmhost Standard checkpoint", median(vmhostPause), "same QMP sequence by hand, same QEMU", median(handPause), ratio(median(vmhostPause), median(handPause))],
       ["(b) checkpoint with 20 checkpoints (VM off, CLI wall)", median(deep), "with none", median(flat), ratio(median(deep), median(flat))],
       ["(c) checkpoint apply with memory (CLI wall)", median(applyMs), "save + start of the same VM", median(saveStartMs), ratio(median(applyMs), median(saveStartMs))],
       ["(d) remove, 100 MiB merged (CLI wall)", median(removeMs), "qemu-img commit by hand", median(commitMs), ratio(median(removeMs), median(commitMs))],
+      ["(d) remove minus a CLI call's fixed cost", median(removeMs) - median(cli), "qemu-img commit by hand", median(commitMs), ratio(median(removeMs) - median(cli), median(commitMs))],
+      ["a CLI call's fixed cost (`list --json`)", median(cli), "-", 1, "-"],
     ]);
     console.log(`\nraw: pause vmhost ${vmhostPause.map((x) => x.toFixed(0)).join(", ")}; by hand ${handPause.map((x) => x.toFixed(0)).join(", ")}`);
   } finally {

@@ -98,6 +98,14 @@ export class VmHome {
   get txnDir(): string {
     return join(this.dir, ".txn");
   }
+  /** A live migration into this host is under way (Move-VM's destination side): its record. */
+  get incomingMigration(): string {
+    return join(this.dir, "incoming-migration.json");
+  }
+  /** The destination's TLS credentials of a migration under way (QEMU reads them; deleted after). */
+  get migrationTlsDir(): string {
+    return join(this.dir, "migration-tls");
+  }
 
   /** The sockets and files of a QEMU started now (its run directory is `runDir`). */
   get run(): RunPaths {

@@ -20,7 +20,7 @@ import {
   type TakenType,
 } from "../checkpoints/tree.js";
 import { QEMU_IDS } from "../engine/qemu/layout.js";
-import type { QemuMonitor } from "../engine/qemu/monitor.js";
+import type { BlockNodeInfo, QemuMonitor } from "../engine/qemu/monitor.js";
 import type { VmHome } from "../home/vm-home.js";
 import type { ProgressCallback } from "../images/tools.js";
 import { RuleError, checkNewCheckpoint, parseConfig, parseSlotRef, serializeConfig, slotRef, type ConfigStore, type VmConfig } from "../model/index.js";
@@ -63,8 +63,9 @@ export interface CheckpointResult {
   vm: string;
   checkpoint: CheckpointView;
   messages: string[];
-  /** How long the guest was paused for it (ms), when it was running. */
+  /** How long the guest was paused for it (ms), when it was running, and where that time went. */
   pausedMs?: number;
+  pause?: Record<string, number>;
 }
 
 const RemovalRecord = z.object({ checkpointId: z.string(), name: z.string(), steps: z.array(z.unknown()), tree: CheckpointTree }).strict();
@@ -207,6 +208,7 @@ export class CheckpointManager {
     let taken: Checkpoint | undefined;
     let newTree: CheckpointTree | undefined;
     let pausedMs: number | undefined;
+    let phases: Record<string, number> | undefined;
     const { vm, messages } = await this.changes.changeLocked(id, async (ctx) => {
       const vm = ctx.vm;
       const before = ctx.before!;
@@ -295,21 +297,33 @@ export class CheckpointManager {
           }
         } else {
           const memory = type === "Standard" ? await ctx.txn.stagePath(join(cpDir, "memory.bin")) : undefined;
+          // Every file the pause writes is listed in the journal before it (so the pause writes no
+          // journal), and what is staged is durable (fsyncs cost the guest nothing here): from now
+          // on a kill rolls the change forward once QEMU uses the overlays, back otherwise.
+          if (vm.generation === 2) {
+            await ctx.txn.stagePath(join(cpDir, "nvram.fd"));
+            if ((await readPending(home)).length) await ctx.txn.stagePath(join(cpDir, "firmware-pending.json"));
+          }
+          await ctx.txn.prepare();
+          const blocks = await this.supervisor.monitorOf(vm)!.queryBlock();
           const r = await this.supervisor.withGuestPaused(
             vm,
             async (mon) => {
+              // Only what must be taken with the guest stopped: the NVRAM copy and the switch.
               await copyNvram();
-              // From here a kill rolls the change forward once QEMU uses the overlays.
-              await ctx.txn.prepare();
-              await this.switchToOverlays(mon, switches);
+              await this.switchToOverlays(mon, switches, blocks);
+              // QEMU writes the new overlays now: this change can only be finished, never undone.
+              ctx.pointOfNoReturn();
             },
             memory,
           );
           pausedMs = r.pausedMs;
+          phases = r.phases;
           if (memory && !r.stateError) {
             cp.hasMemory = true;
             await stageTree();
           } else if (r.stateError) {
+            if (memory) await ctx.txn.unstage(join(cpDir, "memory.bin"));
             ctx.messages.push(`the memory state could not be written (${r.stateError.message}); the checkpoint keeps the disks and NVRAM only`);
           }
         }
@@ -320,18 +334,19 @@ export class CheckpointManager {
           type,
           hasMemory: cp.hasMemory,
           ...(pausedMs !== undefined ? { pausedMs } : {}),
+          ...(phases ? { pause: phases } : {}),
         });
       } finally {
         if (frozen) await this.integration.thaw(vm.id).catch(() => undefined);
       }
     });
-    return { vm: vm.name, checkpoint: this.view(newTree!, taken!), messages, ...(pausedMs !== undefined ? { pausedMs } : {}) };
+    return { vm: vm.name, checkpoint: this.view(newTree!, taken!), messages, ...(pausedMs !== undefined ? { pausedMs } : {}), ...(phases ? { pause: phases } : {}) };
   }
 
   /** The running QEMU writes to the new overlays from now on: all disks in one QMP transaction. */
-  private async switchToOverlays(mon: QemuMonitor, switches: { slot: string; overlay: string }[]): Promise<void> {
+  private async switchToOverlays(mon: QemuMonitor, switches: { slot: string; overlay: string }[], known?: Awaited<ReturnType<QemuMonitor["queryBlock"]>>): Promise<void> {
     if (switches.length === 0) return;
-    const blocks = await mon.queryBlock();
+    const blocks = known ?? (await mon.queryBlock());
     const added: string[] = [];
     try {
       const actions = [];
@@ -533,18 +548,21 @@ export class CheckpointManager {
     if (mon) {
       const nodes = await mon.queryNamedBlockNodes();
       liveFiles = new Set(nodes.map((n) => n.file));
-      const top = nodes.find((n) => n.file === step.top.path);
+      const top = formatNode(nodes, step.top.path);
       const id = jobId("commit", step.top.path);
       const running = (await mon.queryJobs()).find((j) => j.id === id);
       if (top || running) {
         if (!running) {
-          const base = nodes.find((n) => n.file === step.base.path);
+          const base = formatNode(nodes, step.base.path);
           if (!top || !base) throw new VmhostError("checkpoint-failed", `QEMU's block graph does not hold ${step.base.path}`, 500);
           const root = rootNodeOf(await mon.queryBlock(), step.slot);
           if (!root) throw new VmhostError("checkpoint-failed", `QEMU has no drive at ${step.slot}`, 500);
           await mon.blockCommit(id, root, top["node-name"], base["node-name"]);
         }
         await runJob(mon, id, onProgress);
+        // A node made by blockdev-add stays in the graph after the job drops it from the chain,
+        // holding its backing file as a parent (then that is no root for the next job): delete it.
+        if (top) await mon.blockdevDel(top["node-name"]).catch(() => undefined);
       } else await commitInto(step.top.path, step.base, onProgress);
     } else await commitInto(step.top.path, step.base, onProgress);
     // Images that read the child's image read the base now (same content); QEMU re-points the one in its chain itself.
@@ -556,16 +574,18 @@ export class CheckpointManager {
     const mon = this.supervisor.monitorOf({ id: vmId });
     if (mon) {
       const nodes = await mon.queryNamedBlockNodes();
-      const image = nodes.find((n) => n.file === step.image.path);
+      const image = formatNode(nodes, step.image.path);
       const id = jobId("stream", step.image.path);
       const running = (await mon.queryJobs()).find((j) => j.id === id);
       if (image || running) {
         if (!running) {
-          const base = step.newBacking ? nodes.find((n) => n.file === step.newBacking!.path) : undefined;
+          const base = step.newBacking ? formatNode(nodes, step.newBacking.path) : undefined;
           if (step.newBacking && !base) throw new VmhostError("checkpoint-failed", `QEMU's block graph does not hold ${step.newBacking.path}`, 500);
           await mon.blockStream(id, image!["node-name"], base ? { baseNode: base["node-name"] } : {});
         }
         await runJob(mon, id, onProgress);
+        const from = formatNode(await mon.queryNamedBlockNodes(), step.from.path);
+        if (from) await mon.blockdevDel(from["node-name"]).catch(() => undefined);
         return;
       }
     }
@@ -606,6 +626,11 @@ export class CheckpointManager {
     const tree = await this.readTree(home).catch(() => EMPTY_TREE);
     return [...new Set(tree.checkpoints.flatMap((c) => c.disks.map((d) => d.path)))];
   }
+}
+
+/** The format node (qcow2, raw, ...) that reads `path`; its protocol node (driver "file") names the same file. */
+function formatNode(nodes: BlockNodeInfo[], path: string): BlockNodeInfo | undefined {
+  return nodes.find((n) => n.file === path && n.drv !== "file");
 }
 
 /** The root (active) node of the drive at `slot` ("SCSI 0:0"), from query-block. */

@@ -15,6 +15,8 @@ import { sweepTempFiles } from "../util/atomic.js";
 import { VmChanges } from "./changes.js";
 import { CheckpointManager } from "./checkpoints.js";
 import { GenerationConverter } from "./convert.js";
+import { IncomingMigrations } from "./migration/incoming.js";
+import { MoveManager } from "./migration/move.js";
 import { DeviceManager } from "./devices.js";
 import { DiskPolicy } from "./disks.js";
 import { FirmwareManager } from "./firmware.js";
@@ -32,7 +34,7 @@ import { VmManager } from "./vms.js";
  *
  *   layout -> store -> sessions -> supervisor -> nvram step -> changes -> network
  *          -> devices -> integration -> firmware -> vms -> checkpoints
- *          -> storage dirs -> vhd tools, export, import, generation conversion
+ *          -> storage dirs -> vhd tools, export, import, generation conversion, moves
  */
 export class VmHost {
   readonly layout: HostLayout;
@@ -56,6 +58,9 @@ export class VmHost {
   readonly exports: ExportManager;
   readonly imports: ImportManager;
   readonly conversions: GenerationConverter;
+  /** Move-VM: this host as a source (moves) and as a destination (incoming). */
+  readonly moves: MoveManager;
+  readonly incoming: IncomingMigrations;
   private accel?: Promise<AccelDecision>;
   /** What opening the home did to an older layout (empty when it was current). */
   migration?: MigrationReport;
@@ -132,6 +137,8 @@ export class VmHost {
       diagnosis: (id) => this.diagnostics.current(id),
       disksDir: this.layout.disksDir,
     });
+    this.incoming = new IncomingMigrations({ layout: this.layout, store: this.store, supervisor: this.supervisor, changes: this.changes, network: this.network, hostCapacity: () => this.hostCapacity() });
+    this.moves = new MoveManager({ layout: this.layout, store: this.store, supervisor: this.supervisor, checkpoints: this.checkpoints, network: this.network });
     // Every state change is journaled, so `events` tells the VM's whole story.
     this.supervisor.on("state", (vm, state) => void this.supervisor.event(vm, "state", `state: ${state}`, { state }));
   }
@@ -156,6 +163,7 @@ export class VmHost {
     await this.exports.recoverAll();
     await this.conversions.sweep();
     await this.storage.sweep();
+    await this.incoming.recoverAll();
     await this.network.init();
   }
 

@@ -150,6 +150,22 @@ test("a tree with a branch; removing the middle checkpoint while running leaves 
     assert.match(out.slice(out.lastIndexOf(`mark-of-${cp}`)), new RegExp(`mark-of-${cp}:${expected}:end`));
   }
 
+  // The checkpoint Now hangs below, removed while the guest runs: QEMU commits the active image
+  // into it and pivots (a live block-commit); the guest keeps running with its data.
+  await mark("live");
+  await host.ok(["checkpoint", VM, "--name", "under-now"]);
+  await mark("after");
+  const id = await bootId();
+  await host.ok(["checkpoint", "remove", VM, "under-now"]);
+  assert.equal(await host.state(VM), "Running");
+  assert.equal(await bootId(), id);
+  const after = await host.run(VM, "sync; echo 3 > /proc/sys/vm/drop_caches; echo now-mark:$(cat /mnt/data/mark):end", /now-mark:\w+:end/);
+  assert.match(after.slice(after.lastIndexOf("now-mark:")), /now-mark:after:end/);
+  const shown = await host.json<{ disks: { ref: string; path: string }[] }>(["show", VM]);
+  const afterRemoval = await host.json<CpList>(["checkpoint", "list", VM]);
+  assert.equal(afterRemoval.current, afterRemoval.checkpoints.find((c) => c.name === "production")!.id, "Now hangs below the removed checkpoint's parent");
+  assert.ok(shown.disks.length >= 2);
+
   await host.ok(["turn-off", VM]);
   const home = await host.json<{ id: string }>(["show", VM]);
   const { stdout } = await execFileP("find", [host.home, "-name", "*.qcow2", "-path", `*${home.id}*`]);

@@ -197,7 +197,7 @@ export class QemuMonitor extends EventEmitter<{ event: [QmpEvent]; close: [] }> 
   migrateCancel(): Promise<void> {
     return this.qmp.execute("migrate_cancel");
   }
-  migrateSetParameters(p: { "max-bandwidth"?: number; "downtime-limit"?: number; "tls-creds"?: string; "tls-hostname"?: string }): Promise<void> {
+  migrateSetParameters(p: { "max-bandwidth"?: number; "downtime-limit"?: number; "tls-creds"?: string; "tls-hostname"?: string; "tls-authz"?: string }): Promise<void> {
     return this.qmp.execute("migrate-set-parameters", p);
   }
   migrateSetCapabilities(caps: { capability: string; state: boolean }[]): Promise<void> {
@@ -268,6 +268,15 @@ export class QemuMonitor extends EventEmitter<{ event: [QmpEvent]; close: [] }> 
     return this.qmp.execute("device_del", { id });
   }
 
+  // ---- objects (qapi/qom.json) ----
+  /** object-add of x509 TLS credentials (a live migration's, on the sending side). */
+  objectAddTlsCreds(id: string, dir: string, endpoint: "server" | "client"): Promise<void> {
+    return this.qmp.execute("object-add", { "qom-type": "tls-creds-x509", id, dir, endpoint, "verify-peer": endpoint === "server" });
+  }
+  objectDel(id: string): Promise<void> {
+    return this.qmp.execute("object-del", { id });
+  }
+
   // ---- NBD (qapi/block-export.json) ----
   nbdServerStart(addr: { type: "inet"; host: string; port: string } | { type: "unix"; path: string }, tlsCreds?: string): Promise<void> {
     return this.qmp.execute("nbd-server-start", { addr: addr.type === "inet" ? { type: "inet", data: { host: addr.host, port: addr.port } } : { type: "unix", data: { path: addr.path } }, ...(tlsCreds ? { "tls-creds": tlsCreds } : {}) });
@@ -275,7 +284,11 @@ export class QemuMonitor extends EventEmitter<{ event: [QmpEvent]; close: [] }> 
   nbdServerStop(): Promise<void> {
     return this.qmp.execute("nbd-server-stop");
   }
+  /** An NBD export of `nodeName`, named `id` (the export name clients ask for; QEMU's default would be the node name). */
   blockExportAdd(id: string, nodeName: string, writable: boolean): Promise<void> {
-    return this.qmp.execute("block-export-add", { type: "nbd", id, "node-name": nodeName, writable });
+    return this.qmp.execute("block-export-add", { type: "nbd", id, "node-name": nodeName, name: id, writable });
+  }
+  blockExportDel(id: string): Promise<void> {
+    return this.qmp.execute("block-export-del", { id, mode: "hard" });
   }
 }

@@ -135,6 +135,20 @@ test(
     assert.deepEqual(treeAfter.checkpoints.map((c) => [c.id, c.name, c.parentId]), treeBefore.checkpoints.map((c) => [c.id, c.name, c.parentId]));
     assert.equal(treeAfter.current, treeBefore.current);
 
+    // The other two captures: frozen through the agent (the guest logs it), and crash-consistent; neither keeps memory.
+    for (const [capture, dir] of [["CaptureDataConsistentState", "exports-data"], ["CaptureCrashConsistentState", "exports-crash"]] as const) {
+      const from = (await host.consoleText(SRC)).length;
+      const e = await host.json<{ path: string; captureLiveState: string; messages: string[] }>(["export", SRC, join(host.home, dir), "--capture-live-state", capture]);
+      assert.equal(e.captureLiveState, capture);
+      const files = JSON.parse(await readFile(join(e.path, "manifest.json"), "utf8")) as { files: { path: string }[] };
+      assert.ok(!files.files.some((f) => f.path.endsWith(".vmrs")), `${capture} keeps no memory`);
+      const log = (await host.consoleText(SRC)).slice(from);
+      if (capture === "CaptureDataConsistentState") assert.ok(/fsfreeze-hook freeze/.test(log) && /fsfreeze-hook thaw/.test(log), "the guest was frozen and thawed");
+      else assert.doesNotMatch(log, /fsfreeze-hook freeze/, "a crash-consistent capture does not freeze the guest");
+      assert.deepEqual((await host.json<CpList>(["checkpoint", "list", SRC])).checkpoints.map((c) => c.name), ["one", "two"]);
+    }
+    assert.equal(await readMark(SRC), "now");
+
     // Import a copy with a new id.
     const imported = await host.json<{ id: string; state: string; checkpoints: number }>(["import", exported.path, "--copy", "--generate-new-id", "--name", COPY]);
     assert.notEqual(imported.id, source.id);

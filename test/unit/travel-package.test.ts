@@ -1,13 +1,14 @@
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { execFile, spawn } from "node:child_process";
-import { mkdir, mkdtemp, open, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, open, readdir, readFile, rm, stat, symlink, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { ChecksumMismatchError, copySparse } from "../../src/service/travel/copy.js";
 import { ImportRefusedError } from "../../src/service/travel/import.js";
 import { exportFolderName, inPackage, isSafeRelPath } from "../../src/service/travel/package.js";
+import { StorageDirs, storageDirsFromEnv } from "../../src/service/vhd.js";
 import { VmHost } from "../../src/service/vmhost.js";
 import { VmhostError } from "../../src/util/errors.js";
 
@@ -61,6 +62,37 @@ describe("copies and paths", () => {
     assert.equal(exportFolderName("..", "id"), "id");
     assert.equal(exportFolderName(".hidden", "id"), "id");
     assert.equal(exportFolderName("語".repeat(100), "id"), "id", "300 bytes: too long for a file name with the .partial around it");
+  });
+});
+
+describe("where vmhostd writes (StorageDirs)", () => {
+  let root: string;
+  before(async () => {
+    root = await mkdtemp(join(tmpdir(), "vmhost-travel-dirs-"));
+    await mkdir(join(root, "home", "disks"), { recursive: true });
+    await mkdir(join(root, "extra"));
+    await mkdir(join(root, "outside"));
+    await symlink(join(root, "outside"), join(root, "home", "escape"));
+    await writeFile(join(root, "outside", "disk.vhdx"), "");
+    await symlink(join(root, "outside", "disk.vhdx"), join(root, "home", "disks", "link.vhdx"));
+  });
+  after(async () => {
+    await rm(root, { recursive: true, force: true });
+  });
+
+  test("inside the home and the extra directories only, symlinks resolved; relative paths refused", async () => {
+    const dirs = new StorageDirs(join(root, "home"), [join(root, "extra")]);
+    assert.equal(await dirs.checkNewFile(join(root, "home", "disks", "new.vhdx")), join(root, "home", "disks", "new.vhdx"));
+    assert.equal(await dirs.checkNewFile(join(root, "extra", "new.vhdx")), join(root, "extra", "new.vhdx"));
+    const refused = (e: unknown) => e instanceof VmhostError && e.code === "destination-not-allowed" && e.status === 403;
+    await assert.rejects(dirs.checkNewFile(join(root, "outside", "new.vhdx")), refused);
+    await assert.rejects(dirs.checkNewFile(join(root, "home", "escape", "new.vhdx")), refused, "a symlinked folder leading out");
+    await assert.rejects(dirs.checkExistingFile(join(root, "home", "disks", "link.vhdx")), refused, "a symlink to a file outside");
+    await assert.rejects(dirs.prepareDir(join(root, "home", "escape", "a", "b")), refused);
+    assert.equal((await readdir(join(root, "outside"))).length, 1, "nothing was made outside");
+    assert.equal(await dirs.prepareDir(join(root, "home", "exports", "x")), join(root, "home", "exports", "x"));
+    await assert.rejects(dirs.checkNewFile("disks/new.vhdx"), /must be an absolute path/);
+    assert.deepEqual(storageDirsFromEnv({ VMHOST_STORAGE_DIRS: "/srv/a:relative::/srv/b " }), ["/srv/a", "/srv/b"]);
   });
 });
 

@@ -174,6 +174,24 @@ describe("export and import of an Off VM with checkpoints (in process)", () => {
     await rm(evil, { recursive: true });
   });
 
+  test("media are host paths: the import leaves the drives empty and says what they held", async () => {
+    const iso = join(home, "tools.iso");
+    await writeFile(iso, Buffer.alloc(2048));
+    await host.devices.dvdSet("alpha", iso);
+    const out = join(home, "exports-media");
+    const e = await host.exports.export("alpha", { destination: out });
+    const report = await host.imports.compare({ path: e.path, mode: "copy", generateNewId: true, name: "gamma" });
+    assert.equal(report.compatible, true);
+    assert.deepEqual(report.items.map((i) => [i.code, i.severity]), [["media-not-imported", "warning"]]);
+    assert.match(report.items[0]!.message, new RegExp(`held ${iso}`));
+    await host.imports.import({ path: e.path, mode: "copy", generateNewId: true, name: "gamma" });
+    const gamma = await host.vms.get("gamma");
+    assert.deepEqual(gamma.dvdDrives.map((d) => d.path), [null]);
+    await host.vms.remove("gamma", true);
+    await host.devices.dvdSet("alpha", null);
+    await rm(out, { recursive: true });
+  });
+
   test("--register uses the export's files in place, under the rules: a new id needs --copy, the source's id is taken", async () => {
     const pkg = join(exports, "alpha");
     await assert.rejects(host.imports.import({ path: pkg, mode: "register", generateNewId: true }), /--generate-new-id needs --copy/);

@@ -11,6 +11,7 @@ import {
   nameKey,
   parseConfig,
   serializeConfig,
+  slotRef,
   validateVmName,
   type ConfigStore,
   type HostCapacity,
@@ -335,17 +336,18 @@ export class ImportManager {
       err("firmware-missing", (e as Error).message, "install what is named (Debian packages ovmf, seabios, qemu-system-x86), then import again");
     }
 
-    // Media and payloads named by host path (an export does not carry them).
+    // Media and payloads are host paths the export does not carry. A VM made from files that came
+    // from elsewhere must not read host files they name (vmhostd is root): they are left out.
     for (const dvd of d.config.dvdDrives) {
-      if (dvd.path && !(await pathExists(dvd.path))) warn("media-missing", `the DVD drive's ISO ${dvd.path} is not on this host`, "the drive is imported empty; insert media with vmhost dvd set");
+      if (dvd.path) warn("media-not-imported", `the DVD drive ${slotRef(dvd)} held ${dvd.path}, a host path (an export carries no media)`, `the drive is imported empty; insert media with vmhost dvd set ${q(plan.name)} ISO`);
     }
-    if (d.config.floppy?.path && !(await pathExists(d.config.floppy.path))) warn("media-missing", `the floppy image ${d.config.floppy.path} is not on this host`, "the drive is imported empty; vmhost floppy set inserts one");
+    if (d.config.floppy?.path) warn("media-not-imported", `the floppy drive held ${d.config.floppy.path}, a host path (an export carries no media)`, `the drive is imported empty; vmhost floppy set ${q(plan.name)} VFD inserts one`);
     const payload = d.config.firmware.networkBootPayload;
-    if (payload && !(await pathExists(payload.dir))) warn("network-boot-payload-missing", `the network boot folder ${payload.dir} is not on this host`, "network boot from the Default Switch fails until it exists (vmhost firmware set --network-boot-dir)");
+    if (payload) warn("network-boot-payload-not-imported", `the VM's network boot files were ${payload.dir}/${payload.file}, a host folder`, `set them again if this host should serve them: vmhost firmware set ${q(plan.name)} --network-boot-dir DIR --network-boot-file FILE`);
     if (d.savedState && req.generateNewId && d.config.networkAdapters.some((n) => n.dynamicMac)) {
       warn("saved-state-mac", "the VM resumes from captured memory, where its adapters still have their old MAC addresses", "the new addresses take effect when the guest restarts (vmhost restart); until then keep it off switches the source is on");
     }
-    checked.push("media and network boot folders");
+    checked.push("media and network boot folders (host paths: not imported)");
 
     return {
       path: pkg.root,
@@ -388,19 +390,15 @@ export class ImportManager {
     if (req.generateNewId) {
       for (const { config } of plan.configs) for (const n of config.networkAdapters) if (n.dynamicMac && !macs.has(n.macAddress)) macs.set(n.macAddress, await this.macs.allocate());
     }
-    const mediaOk = new Map<string, boolean>();
-    const exists = async (p: string) => {
-      if (!mediaOk.has(p)) mediaOk.set(p, await pathExists(p));
-      return mediaOk.get(p)!;
-    };
     const localize = async (cfg: VmConfig): Promise<VmConfig> => {
       const out = structuredClone(cfg);
       out.id = plan.id;
       out.name = plan.name;
       out.hardDisks = out.hardDisks.map((x) => ({ ...x, path: this.destOf(plan, x.path) }));
       out.networkAdapters = out.networkAdapters.map((n) => ({ ...n, macAddress: macs.get(n.macAddress) ?? n.macAddress, switchName: plan.switchOf(n.switchName) }));
-      for (const dvd of out.dvdDrives) if (dvd.path && !(await exists(dvd.path))) dvd.path = null;
-      if (out.floppy?.path && !(await exists(out.floppy.path))) out.floppy = { path: null };
+      for (const dvd of out.dvdDrives) dvd.path = null;
+      if (out.floppy) out.floppy = { path: null };
+      delete out.firmware.networkBootPayload;
       return out;
     };
     const draft = await localize(d.config);

@@ -4,7 +4,7 @@
 // and cancellation. One pass over the source's data; a large file is hashed on a worker thread
 // while it is read and written.
 import { createHash } from "node:crypto";
-import { open, stat, type FileHandle } from "node:fs/promises";
+import { open, type FileHandle } from "node:fs/promises";
 import { Worker } from "node:worker_threads";
 import { z } from "zod";
 import { qemuImg } from "../../images/tools.js";
@@ -297,12 +297,6 @@ export async function sha256File(path: string, opts: Pick<CopyOptions, "onBytes"
     sink.close();
     await fh.close();
   }
-}
-
-/** Bytes a file occupies on the host (st_blocks * 512), for reports. */
-export async function allocatedBytes(path: string): Promise<number> {
-  const st = await stat(path);
-  return st.blocks * 512;
 }
 
 /**

@@ -1,7 +1,7 @@
 // The exported VM as files: the folder layout (after Hyper-V's Export-VM), the description of
 // what is where, and the manifest of checksums. Read and written by export.ts and import.ts.
 import { readdir, readFile, stat } from "node:fs/promises";
-import { isAbsolute, join, normalize, posix, resolve, sep } from "node:path";
+import { join, posix, resolve, sep } from "node:path";
 import { z } from "zod";
 import { CheckpointTree } from "../../checkpoints/tree.js";
 import { DiskFormat, VmConfig, VmState } from "../../model/schema.js";
@@ -236,9 +236,4 @@ export function manifestEntry(pkg: ExportPackage, rel: string): ManifestEntry {
 /** `rel` (a "/"-separated path inside the export) as seen from the folder of `fromRel`: what a qcow2 there records as its backing file. */
 export function relativeBacking(fromRel: string, toRel: string): string {
   return posix.relative(posix.dirname(fromRel), toRel);
-}
-
-/** A host path written with the platform separator, for messages. */
-export function shown(root: string, rel: string): string {
-  return normalize(isAbsolute(rel) ? rel : join(root, rel));
 }

@@ -227,8 +227,10 @@ export function buildArgv(vm: VmConfig, paths: RuntimePaths, opts: EngineOptions
     if (vm.floppy.path) a.push("-blockdev", JSON.stringify(blockdev("drive-fd0", vm.floppy.path, "raw", false)));
     const fd: DeviceProps = { driver: "floppy", id: "fd0", unit: 0 };
     if (vm.floppy.path) fd["drive"] = "drive-fd0";
+    // The floppy's boot position is the controller's property in QEMU 7.2 (isa-fdc bootindexA for
+    // unit 0), not the drive's: "Property 'floppy.bootindex' not found" otherwise.
     const bi = boot.get("floppy");
-    if (bi !== undefined) fd["bootindex"] = bi;
+    if (bi !== undefined) a.push("-global", `isa-fdc.bootindexA=${bi}`);
     a.push("-device", deviceArg(fd));
   }
 

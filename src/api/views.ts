@@ -208,6 +208,8 @@ export const SessionView = z.object({ identity: Identity, csrfToken: z.string().
 export const ListenView = z.object({
   address: z.string().nullable(),
   listening: z.boolean(),
+  /** The port bound while listening (the configured one, or the one picked for port 0). */
+  port: z.number().nullable(),
   fingerprint: z.string().nullable(),
   error: z.string().optional(),
 });

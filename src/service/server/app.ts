@@ -10,6 +10,7 @@ import { z } from "zod";
 import { routeIds, routes, type RouteDef, type RouteId } from "../../api/contract.js";
 import { roleAllows } from "../../api/roles.js";
 import type { AuditEntry, Identity } from "../../api/views.js";
+import * as V from "../../api/views.js";
 import { VmhostError } from "../../util/errors.js";
 import type { VmHost } from "../vmhost.js";
 import type { AccessStore } from "./access.js";
@@ -45,10 +46,11 @@ export type Transport = "unix" | "https";
 
 /** The HTTPS listener as the API controls it (listen.ts). */
 export interface ListenerControl {
-  view(): Promise<{ address: string | null; listening: boolean; fingerprint: string | null; error?: string }>;
-  listen(address: string): Promise<{ address: string | null; listening: boolean; fingerprint: string | null; error?: string }>;
-  unlisten(): Promise<{ address: string | null; listening: boolean; fingerprint: string | null; error?: string }>;
+  view(): Promise<ListenerView>;
+  listen(address: string): Promise<ListenerView>;
+  unlisten(): Promise<ListenerView>;
 }
+export type ListenerView = z.input<typeof V.ListenView>;
 
 export interface ServerDeps {
   host: VmHost;
@@ -124,6 +126,19 @@ export const DEFAULT_LIMITS: ServerLimits = {
   maxConnections: 256,
   bodyLimit: 1024 * 1024,
 };
+
+/**
+ * Options the node server must be created with: node enforces headersTimeout only when it checks
+ * its connections, every `connectionsCheckingInterval` (30 s by default), so it checks often.
+ */
+export function serverOptions(limits: ServerLimits): { headersTimeout: number; requestTimeout: number; keepAliveTimeout: number; connectionsCheckingInterval: number } {
+  return {
+    headersTimeout: limits.headersTimeoutMs,
+    requestTimeout: 0,
+    keepAliveTimeout: limits.keepAliveTimeoutMs,
+    connectionsCheckingInterval: Math.max(100, Math.min(1000, Math.floor(limits.headersTimeoutMs / 2))),
+  };
+}
 
 interface RequestState {
   id: RouteId;
@@ -216,13 +231,13 @@ export async function buildApp(deps: ServerDeps, handlers: Handlers, transport: 
   });
 
   // Websocket routes: validate and prepare before the upgrade, so a refusal is a plain HTTP error.
-  app.addHook("preHandler", async (req: WithState) => {
+  app.addHook("preHandler", async (req: WithState, reply) => {
     const st = req[kState];
     if (!st) return;
     st.input = await parseInput(st.def, req, transport, deps);
     if (st.def.kind === "websocket") {
       const h = handlers[st.id] as unknown as SocketHandler<RouteId>;
-      st.attach = await h(context(deps, transport, req, st), st.input);
+      st.attach = await h(context(deps, transport, req, st, reply), st.input);
     }
   });
 
@@ -252,7 +267,7 @@ export async function buildApp(deps: ServerDeps, handlers: Handlers, transport: 
       config,
       handler: async (req: WithState, reply) => {
         const st = req[kState]!;
-        const c = context(deps, transport, req, st);
+        const c = context(deps, transport, req, st, reply);
         const input = st.input!;
         switch (def.kind) {
           case "json":
@@ -289,14 +304,14 @@ export async function buildApp(deps: ServerDeps, handlers: Handlers, transport: 
   return app;
 }
 
-function context(deps: ServerDeps, transport: Transport, req: FastifyRequest, st: RequestState): HandlerContext {
+function context(deps: ServerDeps, transport: Transport, req: FastifyRequest, st: RequestState, reply: FastifyReply): HandlerContext {
   return {
     ...deps,
     caller: st.caller ?? { name: "anonymous", kind: "token", role: "reader", transport },
     transport,
     route: st.id,
     req,
-    reply: (req as unknown as { reply?: FastifyReply }).reply ?? ({} as FastifyReply),
+    reply,
     ...(st.tokenSha256 ? { tokenSha256: st.tokenSha256 } : {}),
     ...(st.sessionId ? { sessionId: st.sessionId } : {}),
   };

@@ -4,7 +4,7 @@ import { join } from "node:path";
 import type { FastifyInstance } from "fastify";
 import type { VmHost } from "../vmhost.js";
 import { AccessStore } from "./access.js";
-import { buildApp, DEFAULT_LIMITS, type ServerLimits } from "./app.js";
+import { buildApp, DEFAULT_LIMITS, serverOptions, type ServerLimits } from "./app.js";
 import { AuditLog } from "./audit.js";
 import { handlers } from "./handlers.js";
 import { JobRegistry } from "./jobs.js";
@@ -63,7 +63,7 @@ export async function startServer(
   const deps = { ...base, listener: https };
 
   await rm(serviceSocket, { force: true });
-  const server = createServer();
+  const server = createServer(serverOptions(limits));
   const unix = await buildApp(deps, handlers, "unix", server, limits);
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);

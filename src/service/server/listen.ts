@@ -4,13 +4,13 @@ import type { FastifyInstance } from "fastify";
 import { z } from "zod";
 import { writeFileAtomic } from "../../util/atomic.js";
 import { VmhostError } from "../../util/errors.js";
-import { buildApp, DEFAULT_LIMITS, type Handlers, type ListenerControl, type ServerDeps, type ServerLimits } from "./app.js";
+import { buildApp, DEFAULT_LIMITS, serverOptions, type Handlers, type ListenerControl, type ServerDeps, type ServerLimits } from "./app.js";
 
-/** "host:port" as `vmhost service listen` takes it: ":8443" (every address), "127.0.0.1:8443", "[::1]:8443", "8443". */
+/** "host:port" as `vmhost service listen` takes it: ":8443" (every address), "127.0.0.1:8443", "[::1]:8443", "8443"; port 0 picks a free one (tests). */
 export function parseListenAddress(text: string): { host: string | undefined; port: number } {
   const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:\[\]]*))?:?(\d{1,5})$/.exec(text.trim());
   const port = Number(m?.[3]);
-  if (!m || !(port >= 1 && port <= 65535)) {
+  if (!m || !(port >= 0 && port <= 65535)) {
     throw new VmhostError("bad-address", `"${text}" is not an address to listen on; give ":8443", "127.0.0.1:8443" or "[::1]:8443"`, 400);
   }
   const host = m[1] ?? (m[2] ? m[2] : undefined);
@@ -55,7 +55,9 @@ export class HttpsListener implements ListenerControl {
 
   async view() {
     const tls = await this.deps.access.serverTls();
-    return { address: this.address, listening: this.server?.listening ?? false, fingerprint: tls.fingerprint, ...(this.lastError ? { error: this.lastError } : {}) };
+    const bound = this.server?.listening ? this.server.address() : null;
+    const port = bound && typeof bound === "object" ? bound.port : null;
+    return { address: this.address, listening: port !== null, port, fingerprint: tls.fingerprint, ...(this.lastError ? { error: this.lastError } : {}) };
   }
 
   async listen(address: string) {
@@ -90,6 +92,7 @@ export class HttpsListener implements ListenerControl {
     const { host, port } = parseListenAddress(address);
     const tls = await this.deps.access.serverTls();
     const server = createServer({
+      ...serverOptions(this.limits),
       key: tls.key,
       cert: tls.cert,
       minVersion: "TLSv1.3",

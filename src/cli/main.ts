@@ -25,6 +25,7 @@ export function buildProgram(ctx: CliContext): Command {
   const program = new Command("vmhost")
     .description("Hyper-V-style virtual machines on QEMU. Everything lives under $VMHOST_HOME (default /var/lib/vmhost for root).")
     .addOption(new Option("--remote <name>", "run the command on a trusted remote host (vmhost remote add)").env("VMHOST_REMOTE"))
+    .exitOverride()
     .showSuggestionAfterError(true)
     .showHelpAfterError('(run "vmhost help" for the commands, "vmhost help COMMAND" for one)')
     .helpCommand("help [command]", "show help for a command");
@@ -306,7 +307,6 @@ export async function main(argv: string[]): Promise<number> {
     conn: async () => (conn ??= await Connection.open(program?.opts<{ remote?: string }>().remote)),
   };
   program = buildProgram(ctx);
-  program.exitOverride();
   if (argv.length === 0) {
     process.stdout.write(program.helpInformation());
     return 2;

@@ -219,6 +219,37 @@ export const routes = {
   }),
   "firmware.reset": route({ method: "POST", path: vmPath("/firmware/reset"), role: "administrator", summary: "A new NVRAM from the template (VM off)", params: vm, reply: V.FirmwareSetResult }),
 
+  // ---- checkpoints ----------------------------------------------------------------------------------
+  "checkpoints.list": route({ method: "GET", path: vmPath("/checkpoints"), role: "reader", summary: "Get-VMSnapshot: the checkpoint tree and where Now hangs", params: vm, reply: V.CheckpointList }),
+  "checkpoints.create": route({
+    method: "POST",
+    path: vmPath("/checkpoints"),
+    role: "operator",
+    summary: "Checkpoint-VM (Standard or Production, as the VM's checkpoint type says)",
+    params: vm,
+    body: Q.CheckpointCreate,
+    reply: V.CheckpointResult,
+  }),
+  "checkpoints.apply": route({
+    method: "POST",
+    path: vmPath("/checkpoints/apply"),
+    role: "operator",
+    summary: "Restore-VMSnapshot: starts a checkpoint-apply job (optionally checkpointing Now first)",
+    params: vm,
+    body: Q.CheckpointApply,
+    reply: V.JobView,
+  }),
+  "checkpoints.remove": route({
+    method: "POST",
+    path: vmPath("/checkpoints/remove"),
+    role: "operator",
+    summary: "Remove-VMSnapshot (merges; nothing is lost): starts a checkpoint-remove job with progress",
+    params: vm,
+    body: Q.CheckpointRemove,
+    reply: V.JobView,
+  }),
+  "checkpoints.rename": route({ method: "POST", path: vmPath("/checkpoints/rename"), role: "operator", summary: "Rename-VMSnapshot", params: vm, body: Q.CheckpointRename, reply: V.CheckpointResult }),
+
   // ---- integration services -------------------------------------------------------------------------
   "integration.list": route({ method: "GET", path: vmPath("/integration"), role: "reader", summary: "Get-VMIntegrationService", params: vm, reply: V.IntegrationView }),
   "integration.set": route({ method: "POST", path: vmPath("/integration"), role: "administrator", summary: "Enable-/Disable-VMIntegrationService", params: vm, body: Q.IntegrationSet, reply: V.IntegrationView }),

@@ -95,6 +95,12 @@ export const FirmwareSetRequest = z
   .strict();
 export type FirmwareSetRequest = z.infer<typeof FirmwareSetRequest>;
 
+/** Checkpoint-VM, Restore-/Remove-/Rename-VMSnapshot; a checkpoint is named by its name or id. */
+export const CheckpointCreate = z.object({ name: z.string().min(1).max(400).optional() }).strict();
+export const CheckpointApply = z.object({ checkpoint: z.string().min(1).max(400), checkpointCurrent: z.boolean().default(false) }).strict();
+export const CheckpointRemove = z.object({ checkpoint: z.string().min(1).max(400), subtree: z.boolean().default(false) }).strict();
+export const CheckpointRename = z.object({ checkpoint: z.string().min(1).max(400), name: z.string().min(1).max(400) }).strict();
+
 export const IntegrationSet = z.object({ service: z.string().min(1).max(64), enabled: z.boolean() }).strict();
 export const KvpPool = z.enum(["intrinsic", "guest", "external"]);
 export const KvpSet = z.object({ key: z.string().max(4096), value: z.string().max(16384) }).strict();

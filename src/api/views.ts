@@ -83,13 +83,21 @@ export const ApplianceView = z.object({ dir: z.string(), manifest: z.object({ id
 const FirmwareEntry = z
   .object({
     id: z.string(),
+    /** stored | missing (BootOrder names no Boot####) | duplicate | pending (vmhost adds it before the next start). */
+    status: z.enum(["stored", "missing", "duplicate", "pending"]),
+    position: z.number().nullable(),
     bootType: z.string(),
     description: z.string(),
     firmwarePath: z.string(),
     device: z.object({ type: z.string(), ref: z.string(), path: z.string().nullable().optional(), macAddress: z.string().optional() }).nullable(),
     protocol: z.string().nullable().optional(),
     active: z.boolean(),
+    hidden: z.boolean(),
     inBootOrder: z.boolean(),
+    optionalDataLength: z.number(),
+    optionalDataHex: z.string(),
+    pendingAction: z.object({ action: z.enum(["add", "remove", "rewrite"]), description: z.string() }).nullable(),
+    recreatedAtBoot: z.string().nullable(),
   });
 export const FirmwareView = z
   .object({
@@ -114,6 +122,7 @@ export const FirmwareView = z
     startupOrder: z.array(z.string()).optional(),
     pending: z.array(z.object({ op: z.string(), detail: z.string(), at: z.string() })),
     pendingReason: z.string().optional(),
+    pendingBootOrder: z.array(z.string()).nullable().optional(),
   });
 export type FirmwareView = z.infer<typeof FirmwareView>;
 export const FirmwareSetResult = z.object({ view: FirmwareView, messages: z.array(z.string()), pending: z.boolean() });
@@ -156,6 +165,32 @@ export const SwitchView = z
 export type SwitchView = z.infer<typeof SwitchView>;
 export const SwitchRemoved = z.object({ removed: z.string(), disconnected: z.array(z.object({ vm: z.string(), adapter: z.string() })) });
 export const NetbootPayload = z.object({ dir: z.string(), marker: z.string(), files: z.array(z.string()), markerLine: z.string() });
+
+// ---- checkpoints ----------------------------------------------------------------------------------
+
+export const CheckpointView = z.object({
+  id: z.string(),
+  name: z.string(),
+  parentId: z.string().nullable(),
+  depth: z.number(),
+  createdAt: z.string(),
+  type: z.enum(["Standard", "Production"]),
+  hasMemory: z.boolean(),
+  isCurrent: z.boolean(),
+  children: z.array(z.string()),
+  disks: z.array(z.string()),
+});
+export const CheckpointList = z.object({
+  vm: z.string(),
+  checkpointType: CheckpointType,
+  current: z.string().nullable(),
+  checkpoints: z.array(CheckpointView),
+  removing: z.string().optional(),
+});
+export const CheckpointResult = z.object({ vm: z.string(), checkpoint: CheckpointView, messages: z.array(z.string()), pausedMs: z.number().optional() });
+export type CheckpointResult = z.infer<typeof CheckpointResult>;
+export const CheckpointRemoved = z.object({ vm: z.string(), removed: z.array(z.string()), messages: z.array(z.string()) });
+export type CheckpointRemoved = z.infer<typeof CheckpointRemoved>;
 
 // ---- jobs ---------------------------------------------------------------------------------------
 

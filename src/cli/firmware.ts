@@ -12,17 +12,25 @@ function printView(f: FirmwareView): void {
     console.log(`${f.vm} (generation 1, ${f.state}): BIOS startup order ${f.startupOrder?.join(", ")}`);
   } else {
     console.log(`${f.vm} (generation 2, ${f.state})`);
+    const mark = (e: NonNullable<FirmwareView["bootOrder"]>[number]): string =>
+      e.status === "pending" ? "+" : e.status === "missing" ? "!" : e.status === "duplicate" ? "=" : e.pendingAction ? "~" : e.inBootOrder ? "" : "*";
     printTable(
       ["Id", "BootType", "Device", "Description", "FirmwarePath"],
       (f.bootOrder ?? []).map((e) => [
-        e.id + (e.inBootOrder ? "" : "*"),
+        e.id + mark(e) + (e.hidden ? " (hidden)" : ""),
         e.bootType,
         e.device ? `${e.device.type} ${e.device.ref}` : "",
         e.description,
         e.firmwarePath,
       ]),
     );
-    if ((f.bootOrder ?? []).some((e) => !e.inBootOrder)) console.log("  * not in BootOrder");
+    const marks = new Set((f.bootOrder ?? []).map(mark));
+    if (marks.has("*")) console.log("  * not in BootOrder");
+    if (marks.has("!")) console.log("  ! BootOrder names it, but no such Boot#### exists");
+    if (marks.has("=")) console.log("  = listed in BootOrder again");
+    if (marks.has("+")) console.log("  + not stored yet: vmhost adds it before the next start");
+    if (marks.has("~")) console.log("  ~ vmhost changes it before the next start");
+    if (f.pendingBootOrder) console.log(`BootOrder after pending:      ${f.pendingBootOrder.join(",")}`);
     if (f.bootNext) console.log(`BootNext:                     ${f.bootNext}`);
     console.log(`PreferredNetworkBootProtocol: ${f.preferredNetworkBootProtocol}`);
     console.log(`SecureBoot:                   ${f.secureBoot} (template ${f.secureBootTemplate})`);

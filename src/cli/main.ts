@@ -8,6 +8,7 @@ import { attachConsole } from "./console.js";
 import { Connection } from "./connection.js";
 import { changeCommand, readCommand, type CliContext } from "./context.js";
 import { runDemo } from "./demo.js";
+import { checkpointCommands } from "./checkpoint-commands.js";
 import { firmwareCommands } from "./firmware.js";
 import { printHost, printTable, printVm } from "./format.js";
 import { followEvents, guestCommands } from "./guest-commands.js";
@@ -290,6 +291,7 @@ export function buildProgram(ctx: CliContext): Command {
       process.exitCode = await runDemo(await ctx.conn(), { keepRunning: o.keepRunning === true });
     });
 
+  checkpointCommands(program, ctx);
   firmwareCommands(program, ctx);
   guestCommands(program, ctx);
   networkCommands(program, ctx);

@@ -4,8 +4,10 @@
  * points at, from the PCI layout the engine assigned. No QEMU knowledge here: the layout is
  * an input.
  *
- * Classes: Fv()/FvFile() options and application-category options are Firmware (UiApp,
- * Shell). The rest is File unless its optional data is edk2's auto-created marker
+ * Classes: an option whose path is a file in the firmware's own volume (Fv()/FvFile(), or
+ * the older MemoryMapped()/FvFile() form; UiApp, the Shell) is Firmware, whatever its
+ * category. The rest is File (made by an OS or a user, e.g. shim's ACTIVE|CATEGORY_APP
+ * `HD(...)/\EFI\BOOT\mmx64.efi`) unless its optional data is edk2's auto-created marker
  * (BmBoot.c marks what EfiBootManagerRefreshAllBootOption makes): then Network when the path
  * has MAC/IPv4/IPv6/Uri nodes, else Drive. An option that cannot be decoded is Unknown.
  */
@@ -95,6 +97,10 @@ export interface BootEntry {
   /** For Network entries: the protocol and the MAC in the path. */
   readonly network: { readonly protocol: NetworkBootProtocol | null; readonly mac: string | null } | null;
   readonly optionalData: Uint8Array;
+  /** optionalData.length, for views. */
+  readonly optionalDataLength: number;
+  /** optionalData as lowercase hex ("" when empty), for views. */
+  readonly optionalDataHex: string;
   readonly inBootOrder: boolean;
   /** Why the option could not be decoded (type Unknown), else null. */
   readonly error: string | null;
@@ -106,8 +112,10 @@ export interface BootConfiguration {
   readonly bootNext: number | null;
   /** Entries in BootOrder order, then Boot#### not in BootOrder, ascending. */
   readonly entries: readonly BootEntry[];
-  /** Numbers BootOrder lists that have no Boot#### variable. */
+  /** Numbers BootOrder lists that have no Boot#### variable (each once, in order). */
   readonly missing: readonly number[];
+  /** Numbers BootOrder lists more than once, with every position (0-based) they are at. */
+  readonly duplicates: readonly { readonly id: number; readonly positions: readonly number[] }[];
 }
 
 export function normalizeMac(mac: string): string {
@@ -145,14 +153,30 @@ function isRootBridge(n: DecodedNode | null | undefined): boolean {
   return n !== undefined && n !== null && n.kind === "Acpi" && n.uid === 0 && (n.hid === 0x0a0341d0 || n.hid === 0x0a0841d0);
 }
 
+/**
+ * The FvFile GUID when the path names a file in a firmware volume: FvFile() alone, or after
+ * Fv() / MemoryMapped() (the forms OvmfPkg's RemoveStaleFvFileOptions treats as the
+ * firmware's own binaries); else null.
+ */
+export function firmwareFileOf(path: DevicePath): string | null {
+  const nodes = firstInstance(path);
+  const [a, b] = nodes;
+  if (a?.kind === "FvFile") return a.name;
+  if ((a?.kind === "Fv" || a?.kind === "MemoryMapped") && b?.kind === "FvFile") return b.name;
+  return null;
+}
+
+/**
+ * Hyper-V's BootSourceType of an option: Firmware for a file of the firmware's own volume,
+ * File for anything an OS or a user made (whatever its LOAD_OPTION category: an
+ * application-category entry on a disk is still an OS's file), Drive/Network for what the
+ * firmware's boot manager made for a device (edk2's auto-created marker).
+ */
 export function classifyLoadOption(option: LoadOption, paths: readonly DevicePath[]): BootEntryType {
   if (paths[0] === undefined) return "Unknown";
-  const nodes = firstInstance(paths[0]);
-  const first = nodes[0];
-  if (first !== undefined && first !== null && (first.kind === "Fv" || first.kind === "FvFile")) return "Firmware";
-  if ((option.attributes & LOAD_OPTION.CATEGORY_MASK) === LOAD_OPTION.CATEGORY_APP) return "Firmware";
+  if (firmwareFileOf(paths[0]) !== null) return "Firmware";
   if (!isAutoCreated(option)) return "File";
-  return isNetworkPath(known(nodes)) ? "Network" : "Drive";
+  return isNetworkPath(known(firstInstance(paths[0]))) ? "Network" : "Drive";
 }
 
 /** The VM device a device path points at, or null. */
@@ -207,7 +231,8 @@ export function describeBootOption(
     if (!(e instanceof FirmwareError)) throw e;
     return {
       ...base, description: "", attributes: 0, active: false, hidden: false, category: 0, type: "Unknown", autoCreated: false,
-      firmwarePath: "", filePaths: [], device: null, network: null, optionalData: new Uint8Array(0), error: e.message,
+      firmwarePath: "", filePaths: [], device: null, network: null, optionalData: new Uint8Array(0), optionalDataLength: 0,
+      optionalDataHex: "", error: e.message,
     };
   }
   const common = {
@@ -219,6 +244,8 @@ export function describeBootOption(
     category: option.attributes & LOAD_OPTION.CATEGORY_MASK,
     autoCreated: isAutoCreated(option),
     optionalData: option.optionalData,
+    optionalDataLength: option.optionalData.length,
+    optionalDataHex: Buffer.from(option.optionalData.buffer, option.optionalData.byteOffset, option.optionalData.length).toString("hex"),
   };
   try {
     paths = loadOptionPaths(option);
@@ -242,7 +269,12 @@ export function describeBootOption(
   };
 }
 
-/** Reads BootOrder, BootNext and every Boot#### from a store. */
+/**
+ * Reads BootOrder, BootNext and every Boot#### from a store: entries in BootOrder order (each
+ * number once), then the Boot#### BootOrder does not list, ascending. BootOrder numbers
+ * without a variable are in `missing`, repeated ones in `duplicates`; an undecodable
+ * BootOrder/BootNext reads as absent.
+ */
 export function readBootConfiguration(store: VarStore, layout: FirmwareDeviceLayout = EMPTY_LAYOUT, options: MapOptions = {}): BootConfiguration {
   const parsed = firmwareDeviceLayoutSchema.safeParse(layout);
   if (!parsed.success) throw new BootError("BAD_LAYOUT", `invalid device layout: ${parsed.error.issues[0]?.message ?? "?"}`);
@@ -261,19 +293,19 @@ export function readBootConfiguration(store: VarStore, layout: FirmwareDeviceLay
   const ids = new Set(listBootOptionIds(store));
   const entries: BootEntry[] = [];
   const missing: number[] = [];
-  const seen = new Set<number>();
-  for (const id of bootOrder ?? []) {
-    if (seen.has(id)) continue;
-    seen.add(id);
+  const positions = new Map<number, number[]>();
+  (bootOrder ?? []).forEach((id, i) => positions.set(id, [...(positions.get(id) ?? []), i]));
+  for (const id of positions.keys()) {
     const bytes = readBootOptionBytes(store, id);
     if (bytes === undefined) missing.push(id);
     else entries.push(describeBootOption(id, bytes, parsed.data, true, options));
   }
   for (const id of ids) {
-    if (seen.has(id)) continue;
+    if (positions.has(id)) continue;
     entries.push(describeBootOption(id, readBootOptionBytes(store, id)!, parsed.data, false, options));
   }
-  return { bootOrder, bootNext, entries, missing };
+  const duplicates = [...positions].filter(([, p]) => p.length > 1).map(([id, p]) => ({ id, positions: p }));
+  return { bootOrder, bootNext, entries, missing, duplicates };
 }
 
 /** A resolver for short-form HD() entries from partition facts the caller read from disks. */

@@ -1,8 +1,10 @@
 /**
  * Boot-order policy, pure functions over Boot#### numbers (Hyper-V's Set-VMFirmware
  * -FirstBootDevice / -BootOrder). Hyper-V drops every entry left out of -BootOrder; here
- * entries left out move to the end unless `prune` is asked for, and File entries (made by
- * an OS or a user, which nothing can recreate) are never dropped without being reported.
+ * entries left out move to the end unless `prune` is asked for, File entries (made by an OS
+ * or a user, which nothing can recreate) are never dropped without being reported, and
+ * entries the firmware would re-create at its next boot are kept rather than deleted for a
+ * boot (the caller says which: see service.ts, firmwareRecreates).
  */
 import { BootError } from "./errors.js";
 
@@ -21,6 +23,11 @@ export interface ApplyBootOrderOptions {
   pruneFiles?: boolean;
   /** Every Boot#### that exists; a requested number outside it is an UNKNOWN_ENTRY error. */
   existing?: Iterable<number>;
+  /**
+   * Entries pruning must not delete, e.g. those the firmware re-creates at its next boot
+   * (a deleted one would come back at the end anyway). Kept at the end, listed in `kept`.
+   */
+  keepOnPrune?: Iterable<number>;
 }
 
 export interface ApplyBootOrderResult {
@@ -34,6 +41,8 @@ export interface ApplyBootOrderResult {
   readonly keptFiles: number[];
   /** File entries left out and pruned because `pruneFiles` was set. */
   readonly prunedFiles: number[];
+  /** Entries of `keepOnPrune` left out that pruning kept (moved to the end). */
+  readonly kept: number[];
 }
 
 export function applyBootOrder(
@@ -51,21 +60,31 @@ export function applyBootOrder(
     if (unknown.length > 0) throw new BootError("UNKNOWN_ENTRY", `no boot entry ${unknown.map((id) => "Boot" + hex4(id)).join(", ")}`);
   }
   const files = new Set(options.fileEntries ?? []);
+  const keep = new Set(options.keepOnPrune ?? []);
   const leftOut: number[] = [];
   for (const id of current) if (!seen.has(id) && !leftOut.includes(id)) leftOut.push(id);
   const movedToEnd: number[] = [];
   const pruned: number[] = [];
   const keptFiles: number[] = [];
   const prunedFiles: number[] = [];
+  const kept: number[] = [];
+  const tail: number[] = [];
   for (const id of leftOut) {
-    if (!options.prune) movedToEnd.push(id);
-    else if (files.has(id) && !options.pruneFiles) keptFiles.push(id);
-    else {
+    if (!options.prune) {
+      movedToEnd.push(id);
+      tail.push(id);
+    } else if (keep.has(id)) {
+      kept.push(id);
+      tail.push(id);
+    } else if (files.has(id) && !options.pruneFiles) {
+      keptFiles.push(id);
+      tail.push(id);
+    } else {
       pruned.push(id);
       if (files.has(id)) prunedFiles.push(id);
     }
   }
-  return { order: [...requested, ...movedToEnd, ...keptFiles], movedToEnd, pruned, keptFiles, prunedFiles };
+  return { order: [...requested, ...tail], movedToEnd, pruned, keptFiles, prunedFiles, kept };
 }
 
 /** Lowest Boot#### number not in `used`, from `start` (default 0). */

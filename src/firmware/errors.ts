@@ -18,9 +18,14 @@ export type VarStoreErrorCode =
   | "STORE_NOT_FORMATTED"
   | "STORE_NOT_HEALTHY"
   | "BAD_VARIABLE"
+  | "BAD_STATE"
+  | "BAD_PADDING"
+  | "DUPLICATE_VARIABLE"
+  | "UNERASED_FREE_SPACE"
   | "BAD_NAME"
   | "BAD_ATTRIBUTES"
   | "STORE_FULL"
+  | "FIRMWARE_MISMATCH"
   | "IO";
 
 export type DevicePathErrorCode =
@@ -56,14 +61,26 @@ export class FirmwareError extends Error {
   }
 }
 
+/**
+ * A variable store that cannot be read or written. `path` is the file (when the store came
+ * from one) and `offset` the byte of the image where the damage is (when it is in one place);
+ * both are also in the message. `detail` is the message without the file name, so a caller
+ * that re-reads the error for another file can rebuild it.
+ */
 export class VarStoreError extends FirmwareError {
   declare readonly code: VarStoreErrorCode;
   /** The file the store came from, when it came from a file. */
   readonly path: string | undefined;
-  constructor(code: VarStoreErrorCode, message: string, options?: { cause?: unknown; path?: string }) {
+  /** Byte offset in the image of what is wrong, when it is one place. */
+  readonly offset: number | undefined;
+  /** The message without the file name. */
+  readonly detail: string;
+  constructor(code: VarStoreErrorCode, message: string, options?: { cause?: unknown; path?: string; offset?: number }) {
     super(code, options?.path !== undefined ? `${options.path}: ${message}` : message, options);
     this.name = "VarStoreError";
     this.path = options?.path;
+    this.offset = options?.offset;
+    this.detail = message;
   }
 }
 

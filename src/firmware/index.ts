@@ -10,10 +10,15 @@ export {
   type EfiTime,
 } from "./variable.js";
 export {
-  VarStore, parseVarStore, VAR_STATE,
-  type VarStoreLayout, type VariableRecord, type UefiVariable, type SetVariableOptions, type SetVariableResult,
+  VarStore, parseVarStore, parseVariableRecord, VAR_STATE,
+  type VarStoreLayout, type VariableRecord, type VariableRecordContext, type InterruptedWrite, type UefiVariable,
+  type SetVariableOptions, type SetVariableResult,
 } from "./varstore.js";
 export { readVarStoreFile, writeVarStoreFileAtomic } from "./varstorefile.js";
+export {
+  OVMF_FLASH_BUILDS, ovmfBuildForCode, ovmfBuildsForVars, checkVarStoreForFirmware, checkVarStoreFileForFirmware,
+  type OvmfFlashBuild, type FirmwareFiles,
+} from "./ovmfbuild.js";
 export {
   parseDevicePath, parseDevicePathList, encodeDevicePath, encodeDevicePathList, instancesOf, terminate,
   isEndEntire, isEndInstance, endEntireNode, endInstanceNode, makeNode, NODE_TYPE,
@@ -33,7 +38,7 @@ export {
   writeBootNext, listBootOptionIds, readBootOption, readBootOptionBytes, writeBootOption, deleteBootOption,
 } from "./bootorder.js";
 export {
-  firmwareDeviceLayoutSchema, EMPTY_LAYOUT, classifyLoadOption, mapDevicePath, describeBootOption, readBootConfiguration,
+  firmwareDeviceLayoutSchema, EMPTY_LAYOUT, classifyLoadOption, firmwareFileOf, mapDevicePath, describeBootOption, readBootConfiguration,
   networkProtocolOf, normalizeMac, partitionTableResolver,
   type FirmwareDeviceLayout, type BootEntryType, type NetworkBootProtocol, type BootDevice, type BootEntry,
   type BootConfiguration, type HardDriveNodeInfo, type MapOptions,
@@ -43,8 +48,10 @@ export {
   type ApplyBootOrderOptions, type ApplyBootOrderResult,
 } from "./bootpolicy.js";
 export {
-  expectedDeviceEntries, syncDeviceEntries, parseBootTarget, resolveBootTarget, setFirstBootDevice, setBootOrder, bootEntriesView,
-  type PreferredNetworkBootProtocol, type DeviceEntrySpec, type SyncResult, type BootTarget, type SetBootOrderResult,
+  expectedDeviceEntries, syncDeviceEntries, planDeviceEntries, applyDeviceEntryPlan, recreatedAtBoot, FIRMWARE_APPS, parseBootTarget,
+  resolveBootTarget, setFirstBootDevice, setBootOrder, bootEntriesView, describeBootEntries,
+  type PreferredNetworkBootProtocol, type DeviceEntrySpec, type SyncResult, type DeviceEntryPlan, type BootTarget, type SetBootOrderResult,
+  type BootEntryRow, type BootEntriesView,
 } from "./service.js";
 export {
   parseSignatureLists, classifyCertificate, templateDb, applySecureBootTemplate, setSecureBootEnable, readSecureBootState,

@@ -8,6 +8,10 @@ import { writeFileAtomic } from "../util/atomic.js";
 import { FirmwareError, VarStoreError } from "./errors.js";
 import { parseVarStore, type VarStore } from "./varstore.js";
 
+/**
+ * Reads and parses a VARS file. Every failure is a VarStoreError naming `path`: IO when the
+ * file cannot be read, otherwise the damage parseVarStore found (with its byte offset).
+ */
 export async function readVarStoreFile(path: string): Promise<VarStore> {
   let buf: Uint8Array;
   try {
@@ -16,9 +20,9 @@ export async function readVarStoreFile(path: string): Promise<VarStore> {
     throw new VarStoreError("IO", `cannot read: ${(e as Error).message}`, { cause: e, path });
   }
   try {
-    return parseVarStore(buf);
+    return parseVarStore(buf, { path });
   } catch (e) {
-    if (e instanceof VarStoreError) throw new VarStoreError(e.code, e.message, { cause: e, path });
+    if (e instanceof VarStoreError) throw e;
     if (e instanceof FirmwareError) throw new VarStoreError("BAD_VARIABLE", e.message, { cause: e, path });
     throw e;
   }

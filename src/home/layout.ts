@@ -41,6 +41,10 @@ export interface HostLayout {
   serviceLog: string;
   /** The layout version stamp (migrate.ts). */
   layoutFile: string;
+  /** Host-level events (a VM moved away, whose own journal went with it). */
+  hostEvents: string;
+  /** Where files of migrations into this host wait until the VM is made (`.incoming-<migration id>`). */
+  incomingDir: string;
 }
 
 /**
@@ -75,6 +79,8 @@ export function hostLayout(home = vmhostHome()): HostLayout {
     serviceLock: join(home, "host", "vmhostd.lock"),
     serviceLog: join(home, "vmhostd.log"),
     layoutFile: join(home, "host", "layout.json"),
+    hostEvents: join(home, "host", "events.jsonl"),
+    incomingDir: join(home, "incoming"),
   };
 }
 

@@ -76,16 +76,44 @@ export class FileTransaction {
     await this.savePlan();
   }
 
-  /** New content for `target`, replacing it at commit (mode 0600 unless given). */
+  /**
+   * New content for `target`, replacing it at commit (mode 0600 unless given). Writing the same
+   * target again replaces the staged content atomically (a staged file is whole or absent).
+   */
   async write(target: string, data: string | Uint8Array, mode = 0o600): Promise<void> {
     const staged = await this.stagePath(target);
-    await rm(staged, { force: true });
-    const fh = await open(staged, "wx", mode);
+    const tmp = `${staged}.tmp`;
+    await rm(tmp, { force: true });
+    const fh = await open(tmp, "wx", mode);
     try {
       await fh.writeFile(data);
     } finally {
       await fh.close();
     }
+    await rename(tmp, staged);
+  }
+
+  /**
+   * Makes what is staged so far durable and records it (`prepared.json`): from here a recovery
+   * may roll the change forward when the caller's condition holds (e.g. a running QEMU already
+   * writes to the files this change created). Used right before an effect outside the files.
+   */
+  async prepare(): Promise<void> {
+    for (const s of this.plan.staged) {
+      const fh = await open(s.staged, "r+").catch(() => undefined);
+      if (!fh) continue;
+      try {
+        await fh.sync();
+      } finally {
+        await fh.close();
+      }
+    }
+    await writeFileAtomic(join(this.txnDir, "prepared.json"), JSON.stringify(this.plan) + "\n", 0o600);
+  }
+
+  /** The files this change created at their final places (for a recovery's roll-forward condition). */
+  get createdFiles(): readonly string[] {
+    return this.plan.created;
   }
 
   /** Deletes `target` at commit (a missing target is fine). */
@@ -114,6 +142,8 @@ export class FileTransaction {
     }
     for (const d of dirs) await syncDir(d);
     await writeFileAtomic(join(this.txnDir, "commit.json"), JSON.stringify(this.plan) + "\n", 0o600);
+    // Leftovers of restaging or of a stream into a staged file go before the renames.
+    for (const s of this.plan.staged) for (const p of [`${s.staged}.tmp`, `${s.staged}.partial`]) await rm(p, { force: true });
     this.finished = true;
     await applyPlan(this.txnDir, this.plan);
   }
@@ -122,10 +152,17 @@ export class FileTransaction {
   async rollback(): Promise<void> {
     if (this.finished) return;
     this.finished = true;
-    for (const s of this.plan.staged) await rm(s.staged, { force: true });
-    for (const c of this.plan.created) await rm(c, { force: true });
+    await discard(this.plan);
     await rm(this.txnDir, { recursive: true, force: true });
   }
+}
+
+/** Deletes what an uncommitted plan made: staged files (and their leftovers) and created files or folders. */
+async function discard(plan: Plan): Promise<void> {
+  for (const s of plan.staged) {
+    for (const p of [s.staged, `${s.staged}.tmp`, `${s.staged}.partial`]) await rm(p, { force: true });
+  }
+  for (const c of plan.created) await rm(c, { force: true, recursive: true });
 }
 
 async function applyPlan(txnDir: string, plan: Plan): Promise<void> {
@@ -153,7 +190,10 @@ async function applyPlan(txnDir: string, plan: Plan): Promise<void> {
  * Finishes or undoes whatever journal `txnDir` holds after a crash: committed -> rolled
  * forward, else rolled back. Returns what happened ("none" when there was no journal).
  */
-export async function recoverTransaction(txnDir: string): Promise<"none" | "rolled-forward" | "rolled-back"> {
+export async function recoverTransaction(
+  txnDir: string,
+  opts: { rollForwardPrepared?: (created: readonly string[]) => Promise<boolean> } = {},
+): Promise<"none" | "rolled-forward" | "rolled-back"> {
   let commitText: string | undefined;
   try {
     commitText = await readFile(join(txnDir, "commit.json"), "utf8");
@@ -183,10 +223,20 @@ export async function recoverTransaction(txnDir: string): Promise<"none" | "roll
     throw err;
   }
   const plan = Plan.safeParse(safeJson(planText));
-  if (plan.success) {
-    for (const s of plan.data.staged) await rm(s.staged, { force: true });
-    for (const c of plan.data.created) await rm(c, { force: true });
+  const prepared = await readFile(join(txnDir, "prepared.json"), "utf8").then(
+    () => true,
+    () => false,
+  );
+  if (plan.success && prepared && opts.rollForwardPrepared && (await opts.rollForwardPrepared(plan.data.created))) {
+    // The change took effect outside the files (a QEMU writes to what it created): finish it.
+    // Each staged file is whole or absent (written beside, renamed), so what is there is applied.
+    const present = [];
+    for (const s of plan.data.staged) if (await readFile(s.staged).then(() => true, () => false)) present.push(s);
+    for (const s of plan.data.staged) for (const p of [`${s.staged}.tmp`, `${s.staged}.partial`]) await rm(p, { force: true });
+    await applyPlan(txnDir, { ...plan.data, staged: present });
+    return "rolled-forward";
   }
+  if (plan.success) await discard(plan.data);
   await rm(txnDir, { recursive: true, force: true });
   return "rolled-back";
 }

@@ -87,12 +87,24 @@ export class VmHome {
   get checkpointTree(): string {
     return join(this.checkpointsDir, "tree.json");
   }
+  /** A checkpoint removal (merge) in progress: its plan, so a restarted service finishes it. */
+  get checkpointRemoval(): string {
+    return join(this.checkpointsDir, "removal.json");
+  }
   /** One checkpoint's folder: its NVRAM copy, configuration, memory state. */
   checkpointDir(checkpointId: string): string {
     return join(this.checkpointsDir, checkpointId);
   }
   get txnDir(): string {
     return join(this.dir, ".txn");
+  }
+  /** A live migration into this host is under way (Move-VM's destination side): its record. */
+  get incomingMigration(): string {
+    return join(this.dir, "incoming-migration.json");
+  }
+  /** The destination's TLS credentials of a migration under way (QEMU reads them; deleted after). */
+  get migrationTlsDir(): string {
+    return join(this.dir, "migration-tls");
   }
 
   /** The sockets and files of a QEMU started now (its run directory is `runDir`). */

@@ -6,6 +6,7 @@ import { ConfigStore, serializeConfig, validateVm, type HostCapacity, type VmCon
 import type { Supervisor, VmRef } from "../supervisor/supervisor.js";
 import { VmhostError } from "../util/errors.js";
 import { pathExists } from "../util/fs.js";
+import { overlayHasData } from "../checkpoints/images.js";
 
 /**
  * The one change transaction every change of a VM goes through (configuration, firmware,
@@ -42,6 +43,16 @@ export interface ChangeContext {
   event(type: string, message: string, data?: Record<string, unknown>): void;
   /** Whether the NVRAM is owned by QEMU now (running, or Saved: a restore writes the flash back); why, or null. */
   nvramBusy(): Promise<string | null>;
+  /**
+   * The NVRAM this change puts in place (a checkpoint's copy): the NVRAM step starts from these
+   * bytes instead of the VM's file. `pendingReplacement` likewise for the pending operations.
+   */
+  nvramReplacement?: Uint8Array;
+  pendingReplacement?: FirmwareOp[];
+  /** This change leaves a machine state to restore (a checkpoint's memory): the NVRAM comes back with it. */
+  restoresState?: boolean;
+  /** Replaces the whole configuration being changed (applying a checkpoint); the id must stay. */
+  replaceConfig(config: VmConfig): void;
 }
 
 /** A firmware operation on the NVRAM, as asked for (re-resolved against the store when applied). */
@@ -138,8 +149,14 @@ export class VmChanges extends EventEmitter<ChangeEvents> {
       event: (type, message, data) => void events.push({ type, message, ...(data ? { data } : {}) }),
       nvramBusy: async () => {
         if (this.supervisor.isRunning(vm.id)) return `VM "${vm.name}" is ${this.supervisor.stateOf(vm) ?? "running"} and QEMU has its NVRAM open`;
+        if (ctx.restoresState) return `VM "${vm.name}" gets a machine state to restore, which writes the firmware's flash back`;
         if (await pathExists(home.savedState)) return `VM "${vm.name}" is Saved: restoring its state writes the firmware's flash back`;
         return null;
+      },
+      replaceConfig: (config) => {
+        if (config.id !== vm.id) throw new Error("replaceConfig: a change keeps the VM's id");
+        for (const k of Object.keys(vm)) delete (vm as Record<string, unknown>)[k];
+        Object.assign(vm, structuredClone(config));
       },
     };
     let result: T;
@@ -163,15 +180,34 @@ export class VmChanges extends EventEmitter<ChangeEvents> {
     return { vm, result, messages: ctx.messages };
   }
 
-  /** Finishes or undoes the VM's interrupted change, if any (journaled as an event). */
+  /**
+   * Finishes or undoes the VM's interrupted change, if any (journaled as an event). A change that
+   * had already taken effect in a running QEMU (it writes to images the change created: a live
+   * checkpoint) is rolled forward, never back: rolling back would delete what the guest writes to.
+   */
   async recover(home: VmHome): Promise<void> {
-    const what = await recoverTransaction(home.txnDir);
+    const what = await recoverTransaction(home.txnDir, { rollForwardPrepared: (created) => this.inEffect(home.id, created) });
     if (what === "none") return;
     this.store.invalidate(home.id);
     const cfg = await this.store.get(home.id).catch(() => undefined);
     if (cfg) {
       await this.supervisor.event(cfg, "change-recovered", what === "rolled-forward" ? "an interrupted change was completed" : "an interrupted change was undone");
     }
+  }
+
+  /**
+   * Whether files a change created are in use: a running QEMU of the VM has one of them open, or
+   * (QEMU gone) one of the created overlays holds data the guest wrote.
+   */
+  private async inEffect(id: string, created: readonly string[]): Promise<boolean> {
+    if (created.length === 0) return false;
+    const mon = this.supervisor.monitorOf({ id });
+    if (mon) {
+      const nodes = await mon.queryNamedBlockNodes().catch(() => []);
+      return nodes.some((n) => created.includes(n.file));
+    }
+    for (const f of created) if (f.endsWith(".qcow2") && (await overlayHasData(f))) return true;
+    return false;
   }
 
   /**

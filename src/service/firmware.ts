@@ -1,13 +1,15 @@
 import { readFile } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import {
-  bootEntriesView,
+  VarStoreError,
   bootOptionName,
+  describeBootEntries,
+  planDeviceEntries,
   readBootNext,
   readSecureBootState,
   readVarStoreFile,
-  syncDeviceEntries,
   type BootDevice,
+  type DeviceEntryPlan,
   type SecureBootNvramState,
   type VarStore,
 } from "../firmware/index.js";
@@ -47,15 +49,32 @@ export interface FirmwareDeviceView {
   macAddress?: string;
 }
 
+/**
+ * One row of Get-VMFirmware's BootOrder, as the NVRAM holds it: every BootOrder position
+ * (numbers without a Boot#### variable and repeated numbers included, marked), then Boot####
+ * variables outside BootOrder, then what vmhost will add before the next start (marked pending).
+ */
 export interface FirmwareEntryView {
   id: string;
+  /** stored | missing (BootOrder names no Boot####) | duplicate | pending (vmhost adds it before the next start). */
+  status: "stored" | "missing" | "duplicate" | "pending";
+  /** Index in the stored BootOrder; null outside it (or pending). */
+  position: number | null;
   bootType: string;
   description: string;
   firmwarePath: string;
   device: FirmwareDeviceView | null;
   protocol?: string | null;
   active: boolean;
+  hidden: boolean;
   inBootOrder: boolean;
+  /** Optional data: its length in bytes and hex ("" when none). */
+  optionalDataLength: number;
+  optionalDataHex: string;
+  /** What vmhost will do to it before the next start, when anything. */
+  pendingAction: { action: "add" | "remove" | "rewrite"; description: string } | null;
+  /** Why deleting it would not stick (OVMF makes it again at each boot), when so. */
+  recreatedAtBoot: string | null;
 }
 
 export interface FirmwareView {
@@ -81,6 +100,8 @@ export interface FirmwareView {
   pending: { op: string; detail: string; at: string }[];
   /** Why changes are pending, when they are. */
   pendingReason?: string;
+  /** BootOrder once the pending device entries are made (when they change it). */
+  pendingBootOrder?: string[] | null;
 }
 
 export interface FirmwareSetResult {
@@ -97,11 +118,16 @@ function deviceView(vm: VmConfig, d: BootDevice | null): FirmwareDeviceView | nu
   return { type: "HardDiskDrive", ref: d.ref, path: vm.hardDisks.find((x) => slotRef(x) === d.ref)?.path ?? null };
 }
 
-/** Renders the Get-VMFirmware view from a parsed store (also what the benchmark times). */
+/**
+ * Renders the Get-VMFirmware view from a parsed store (also what the benchmark times): what the
+ * store holds, and, given `plan`, what vmhost will add, remove or rewrite before the next start,
+ * marked as pending (never shown as if stored).
+ */
 export function renderFirmwareView(
   vm: VmConfig, state: string, store: VarStore, file: string, pending: FirmwareView["pending"], busy: string | null, lastBootFailure: BootFailure | null,
+  plan?: DeviceEntryPlan,
 ): FirmwareView {
-  const entries = bootEntriesView(store, firmwareLayout(vm));
+  const described = describeBootEntries(store, firmwareLayout(vm), { protocol: vm.firmware.preferredNetworkBootProtocol, ...(plan && !plan.empty ? { plan } : {}) });
   const nvram = { ...readSecureBootState(store), file };
   let next: number | null = null;
   try {
@@ -123,16 +149,26 @@ export function renderFirmwareView(
     vm: vm.name,
     generation: 2,
     state,
-    bootOrder: entries.map((e) => ({
-      id: e.name,
-      bootType: e.type,
-      description: e.description,
-      firmwarePath: e.firmwarePath,
-      device: deviceView(vm, e.device),
-      ...(e.network ? { protocol: e.network.protocol } : {}),
-      active: e.active,
-      inBootOrder: e.inBootOrder,
-    })),
+    bootOrder: described.rows.map((r) => {
+      const e = r.entry;
+      return {
+        id: r.name,
+        status: r.status,
+        position: r.position,
+        bootType: e?.type ?? "Missing",
+        description: e?.description ?? "",
+        firmwarePath: e?.firmwarePath ?? "",
+        device: deviceView(vm, e?.device ?? null),
+        ...(e?.network ? { protocol: e.network.protocol } : {}),
+        active: e?.active ?? false,
+        hidden: e?.hidden ?? false,
+        inBootOrder: r.position !== null,
+        optionalDataLength: e?.optionalDataLength ?? 0,
+        optionalDataHex: e?.optionalDataHex ?? "",
+        pendingAction: r.pending,
+        recreatedAtBoot: r.recreatedAtBoot,
+      };
+    }),
     bootNext: next === null ? null : bootOptionName(next),
     preferredNetworkBootProtocol: vm.firmware.preferredNetworkBootProtocol,
     secureBoot: sb ? "On" : "Off",
@@ -145,6 +181,7 @@ export function renderFirmwareView(
     networkBootPayload: vm.firmware.networkBootPayload ?? null,
     pending,
     ...(pending.length && busy ? { pendingReason: `${busy}; applied before the next start` } : {}),
+    ...(described.pendingBootOrder ? { pendingBootOrder: described.pendingBootOrder.map(bootOptionName) } : {}),
   };
 }
 
@@ -186,13 +223,15 @@ export class FirmwareManager {
         store = await readVarStoreFile(home.nvram);
       } catch (err) {
         if (attempt < 2 && this.supervisor.isRunning(vm.id)) await new Promise((r) => setTimeout(r, 50));
-        else throw new VmhostError("nvram-damaged", `the NVRAM of VM "${vm.name}" cannot be read: ${(err as Error).message}`, 500);
+        else if (err instanceof VarStoreError) {
+          throw new VmhostError(`nvram-${err.code.toLowerCase().replace(/_/g, "-")}`, `the NVRAM of VM "${vm.name}" is damaged: ${err.message}; it was left as it is`, 500);
+        } else throw err;
       }
     }
-    // Show what the firmware will see: pending device entries included, on a copy.
+    // What the store holds; what vmhost will write before the next start is a plan, shown as pending.
     const busy = await this.busyReason(vm);
-    if (pending.some((p) => p.op === "devices") || !busy) syncDeviceEntries(store, firmwareLayout(vm), vm.firmware.preferredNetworkBootProtocol);
-    return renderFirmwareView(vm, rt.state, store, home.nvram, pending, busy, await this.lastFailure(vm));
+    const plan = pending.some((p) => p.op === "devices") || !busy ? planDeviceEntries(store, firmwareLayout(vm), vm.firmware.preferredNetworkBootProtocol) : undefined;
+    return renderFirmwareView(vm, rt.state, store, home.nvram, pending, busy, await this.lastFailure(vm), plan);
   }
 
   /** Set-VMFirmware / Set-VMBios: one change transaction (configuration and NVRAM, or pending, together). */

@@ -174,15 +174,13 @@ export class NvramStep implements AfterChangeStep {
       }
       const ids: number[] = [];
       for (const t of op.targets) for (const id of resolveBootTarget(store, layout, parseBootTarget(t), match)) if (!ids.includes(id)) ids.push(id);
-      const r = setBootOrder(store, layout, ids, { prune: op.prune, pruneFiles: op.pruneFiles });
+      const r = setBootOrder(store, layout, ids, { prune: op.prune, pruneFiles: op.pruneFiles, protocol: vm.firmware.preferredNetworkBootProtocol });
       messages.push(`boot order ${r.order.map(bootOptionName).join(",")}`);
       if (r.movedToEnd.length) {
         messages.push(`left out and moved to the end (Hyper-V would delete them; --prune does): ${r.movedToEnd.map(bootOptionName).join(", ")}`);
       }
       for (const d of r.deleted) messages.push(`deleted ${bootOptionName(d.id)} "${d.description}" (${d.type})`);
-      if (r.deleted.some((d) => d.type === "Drive" || d.type === "Network")) {
-        messages.push("note: OVMF re-creates the entries of attached devices at the end of the order when it next boots");
-      }
+      for (const k of r.keptRecreated) messages.push(`kept ${bootOptionName(k.id)} "${k.description}" at the end: ${k.reason}`);
       if (r.keptFiles.length) {
         messages.push(`kept File entries (made by an OS; add --prune-files to delete them too): ${r.keptFiles.map(bootOptionName).join(", ")}`);
       }
@@ -192,13 +190,15 @@ export class NvramStep implements AfterChangeStep {
   async run(ctx: ChangeContext): Promise<void> {
     const vm = ctx.vm;
     if (vm.generation !== 2) return;
+    const replaced = ctx.nvramReplacement !== undefined;
     const devicesChanged = layoutKey(ctx.before) !== layoutKey(vm);
-    if (!devicesChanged && ctx.firmwareOps.length === 0 && ctx.before) return;
+    if (!devicesChanged && ctx.firmwareOps.length === 0 && ctx.before && !replaced) return;
     const busy = ctx.before ? await ctx.nvramBusy() : null;
-    const pending = ctx.before ? await readPending(ctx.home) : [];
+    const pending = ctx.pendingReplacement ?? (ctx.before ? await readPending(ctx.home) : []);
+    const current = async () => ctx.nvramReplacement ?? (await readFile(ctx.home.nvram));
     if (busy) {
       // Check now what can be checked, so a typo is refused rather than kept.
-      const probe = parseVarStore(await readFile(ctx.home.nvram));
+      const probe = parseVarStore(await current());
       try {
         await this.applyOps(vm, probe, [...pending, ...ctx.firmwareOps], []);
       } catch (err) {
@@ -206,18 +206,26 @@ export class NvramStep implements AfterChangeStep {
       }
       const ops = [...pending, ...ctx.firmwareOps];
       if (devicesChanged && !ops.some((o) => o.op === "devices")) ops.push({ op: "devices", reason: "changed devices", at: new Date().toISOString() });
-      await ctx.txn.write(ctx.home.firmwarePending, JSON.stringify({ ops }, null, 2) + "\n");
-      ctx.messages.push(`pending: ${busy}; ${ops.map(describeOp).join(", ")} will be applied before the next start`);
+      if (replaced) await ctx.txn.write(ctx.home.nvram, ctx.nvramReplacement!);
+      if (ops.length) {
+        await ctx.txn.write(ctx.home.firmwarePending, JSON.stringify({ ops }, null, 2) + "\n");
+        ctx.messages.push(`pending: ${busy}; ${ops.map(describeOp).join(", ")} will be applied before the next start`);
+      } else await ctx.txn.remove(ctx.home.firmwarePending);
       return;
     }
-    const store = ctx.before ? await readVarStoreFile(ctx.home.nvram).catch((err: unknown) => { throw firmwareToVmhost(err); }) : await this.newStore(vm);
+    let store: VarStore;
+    try {
+      store = replaced ? parseVarStore(ctx.nvramReplacement!) : ctx.before ? await readVarStoreFile(ctx.home.nvram) : await this.newStore(vm);
+    } catch (err) {
+      throw firmwareToVmhost(err);
+    }
     const bytesBefore = Buffer.from(store.toBuffer());
     try {
       await this.applyOps(vm, store, [...pending, ...ctx.firmwareOps], ctx.messages);
     } catch (err) {
       throw firmwareToVmhost(err);
     }
-    if (!ctx.before || !bytesBefore.equals(Buffer.from(store.toBuffer()))) await ctx.txn.write(ctx.home.nvram, store.toBuffer());
-    if (pending.length) await ctx.txn.remove(ctx.home.firmwarePending);
+    if (!ctx.before || replaced || !bytesBefore.equals(Buffer.from(store.toBuffer()))) await ctx.txn.write(ctx.home.nvram, store.toBuffer());
+    if (pending.length || ctx.pendingReplacement) await ctx.txn.remove(ctx.home.firmwarePending);
   }
 }

@@ -13,6 +13,9 @@ import { EventJournal } from "../supervisor/events.js";
 import { Supervisor } from "../supervisor/supervisor.js";
 import { sweepTempFiles } from "../util/atomic.js";
 import { VmChanges } from "./changes.js";
+import { CheckpointManager } from "./checkpoints.js";
+import { IncomingMigrations } from "./migration/incoming.js";
+import { MoveManager } from "./migration/move.js";
 import { DeviceManager } from "./devices.js";
 import { DiskPolicy } from "./disks.js";
 import { FirmwareManager } from "./firmware.js";
@@ -43,6 +46,10 @@ export class VmHost {
   readonly integration: IntegrationManager;
   readonly firmware: FirmwareManager;
   readonly vms: VmManager;
+  readonly checkpoints: CheckpointManager;
+  /** Move-VM: this host as a source (moves) and as a destination (incoming). */
+  readonly moves: MoveManager;
+  readonly incoming: IncomingMigrations;
   private accel?: Promise<AccelDecision>;
   /** What opening the home did to an older layout (empty when it was current). */
   migration?: MigrationReport;
@@ -85,6 +92,9 @@ export class VmHost {
       network: this.network,
       disks: this.disks,
     });
+    this.checkpoints = new CheckpointManager({ store: this.store, supervisor: this.supervisor, changes: this.changes, vms: this.vms, integration: this.integration });
+    this.incoming = new IncomingMigrations({ layout: this.layout, store: this.store, supervisor: this.supervisor, changes: this.changes, network: this.network, hostCapacity: () => this.hostCapacity() });
+    this.moves = new MoveManager({ layout: this.layout, store: this.store, supervisor: this.supervisor, checkpoints: this.checkpoints, network: this.network });
     // Every state change is journaled, so `events` tells the VM's whole story.
     this.supervisor.on("state", (vm, state) => void this.supervisor.event(vm, "state", `state: ${state}`, { state }));
   }
@@ -101,8 +111,12 @@ export class VmHost {
     this.migration = await migrateHome(this.layout);
     for (const d of [this.layout.vmsDir, this.layout.hostDir, this.layout.disksDir]) await sweepTempFiles(d);
     for (const id of await this.store.ids()) await sweepTempFiles(this.store.home(id).dir);
-    await this.changes.recoverAll(this.layout.vmsDir);
+    // Adopt first: whether an interrupted change is finished or undone can depend on what a
+    // running QEMU already uses (a live checkpoint's overlays).
     await this.supervisor.adoptAll();
+    await this.changes.recoverAll(this.layout.vmsDir);
+    await this.checkpoints.recoverAll();
+    await this.incoming.recoverAll();
     await this.network.init();
   }
 

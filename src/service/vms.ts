@@ -2,6 +2,8 @@ import { randomUUID } from "node:crypto";
 import { copyFile, link, mkdir, rename } from "node:fs/promises";
 import { basename, join } from "node:path";
 import { writeFileAtomic } from "../util/atomic.js";
+import { hostPaths } from "../engine/qemu/host.js";
+import { checkVarStoreFileForFirmware } from "../firmware/index.js";
 import { ensureAppliance } from "../images/appliance/index.js";
 import { createDisk, createOverlay } from "../images/disk.js";
 import type { HostLayout } from "../home/layout.js";
@@ -26,6 +28,7 @@ import type { Supervisor, VmRuntimeView } from "../supervisor/supervisor.js";
 import { VmhostError } from "../util/errors.js";
 import { pathExists } from "../util/fs.js";
 import { finishRemoval, type VmChanges } from "./changes.js";
+import { checkpointImages } from "../checkpoints/tree.js";
 import { existingMedia, newDiskPath, type DeviceManager } from "./devices.js";
 import type { DiskPolicy } from "./disks.js";
 import type { IntegrationManager } from "./integration.js";
@@ -291,20 +294,24 @@ export class VmManager {
       const home = this.store.home(vm.id);
       await this.changes.recover(home);
       const disks = vm.hardDisks.map((d) => d.path);
-      const deleteFiles = deleteDisks ? [...disks, home.checkpointDisksDir] : [];
+      // With --delete-disks the checkpoints' images go too (their own folder and the images they keep).
+      const kept = await checkpointImages(home);
+      const deleteFiles = deleteDisks ? [...disks, ...kept, home.checkpointDisksDir] : [];
       await writeFileAtomic(join(home.dir, "remove.json"), JSON.stringify({ deleteFiles }) + "\n", 0o600);
       const trash = join(this.layout.vmsDir, `.trash-${vm.id}`);
       await rename(home.dir, trash);
       this.store.invalidate(vm.id);
       await this.network.releaseTaps(vm).catch(() => undefined);
       await finishRemoval(trash);
-      return { deletedDisks: deleteDisks ? disks : [], keptDisks: deleteDisks ? [] : disks };
+      const all = [...new Set([...disks, ...kept])];
+      return { deletedDisks: deleteDisks ? all : [], keptDisks: deleteDisks ? [] : all };
     });
   }
 
   // ---- lifecycle --------------------------------------------------------------------
 
-  private async lifecycle<T>(ref: string, fn: (vm: VmConfig) => Promise<T>): Promise<T> {
+  /** Runs `fn` under the VM's lock, after its interrupted change (if any) is finished or undone. */
+  async lifecycle<T>(ref: string, fn: (vm: VmConfig) => Promise<T>): Promise<T> {
     const vm = await this.get(ref);
     return this.supervisor.withLock(vm.id, async () => {
       await this.changes.recover(this.store.home(vm.id));
@@ -313,36 +320,50 @@ export class VmManager {
   }
 
   start(ref: string): Promise<VmState> {
-    return this.lifecycle(ref, async (vm) => {
-      const home = this.store.home(vm.id);
-      for (const d of vm.hardDisks) {
-        if (!(await pathExists(d.path))) throw new VmhostError("missing-file", `disk ${d.path} of VM "${vm.name}" (${slotRef(d)}) does not exist`, 404);
+    return this.lifecycle(ref, (vm) => this.startLocked(vm));
+  }
+
+  /**
+   * Start-VM for a caller holding the VM's lock: disks checked again (chains, formats), pending
+   * firmware changes and device entries applied to the NVRAM in one transaction, taps made, QEMU
+   * started (restoring a saved state when there is one).
+   */
+  async startLocked(vm: VmConfig): Promise<VmState> {
+    const home = this.store.home(vm.id);
+    for (const d of vm.hardDisks) {
+      if (!(await pathExists(d.path))) throw new VmhostError("missing-file", `disk ${d.path} of VM "${vm.name}" (${slotRef(d)}) does not exist`, 404);
+    }
+    await this.disks.checkBeforeStart(vm);
+    const restoring = await pathExists(home.savedState);
+    if (vm.generation === 2 && !restoring) {
+      if (!(await pathExists(home.nvram))) {
+        await this.supervisor.event(vm, "nvram-missing", `the NVRAM file ${home.nvram} is missing`);
+        throw new VmhostError(
+          "nvram-missing",
+          `the NVRAM of VM "${vm.name}" (${home.nvram}) is missing; vmhost does not silently make a new one (boot entries an OS made would be lost): run "vmhost firmware reset ${vm.name}" to start from the template`,
+          409,
+        );
       }
-      await this.disks.checkBeforeStart(vm);
-      const restoring = await pathExists(home.savedState);
-      if (vm.generation === 2 && !restoring) {
-        if (!(await pathExists(home.nvram))) {
-          await this.supervisor.event(vm, "nvram-missing", `the NVRAM file ${home.nvram} is missing`);
-          throw new VmhostError(
-            "nvram-missing",
-            `the NVRAM of VM "${vm.name}" (${home.nvram}) is missing; vmhost does not silently make a new one (boot entries an OS made would be lost): run "vmhost firmware reset ${vm.name}" to start from the template`,
-            409,
-          );
-        }
-        // Pending firmware changes and the device entries, in one transaction; a store that
-        // cannot take them (full) is a warning: OVMF boots with what the store holds.
-        try {
-          await this.changes.changeLocked(vm.id, (ctx) => void ctx.firmwareOps.push({ op: "devices", reason: "start", at: new Date().toISOString() }));
-        } catch (err) {
-          await this.supervisor.event(vm, "firmware-pending-failed", `the NVRAM was not updated before the start: ${(err as Error).message}; starting with what it holds`);
-        }
+      // A store made for another firmware build would leave every variable in RAM (nothing persists).
+      const p = await hostPaths();
+      try {
+        await checkVarStoreFileForFirmware(home.nvram, vm.firmware.secureBoot ? p.ovmf.secure4m.code : p.ovmf.plain4m.code);
+      } catch (err) {
+        throw new VmhostError("nvram-mismatch", `VM "${vm.name}" cannot start: ${(err as Error).message}`, 409);
       }
-      // A QEMU that never came up leaves no taps behind.
-      const current = await this.store.get(vm.id);
-      return this.supervisor.start(current, { extras: await this.network.engineExtras(current) }).catch(async (err: unknown) => {
-        if (!this.supervisor.isRunning(vm.id)) await this.network.releaseTaps(vm).catch(() => undefined);
-        throw err;
-      });
+      // Pending firmware changes and the device entries, in one transaction; a store that
+      // cannot take them (full) is a warning: OVMF boots with what the store holds.
+      try {
+        await this.changes.changeLocked(vm.id, (ctx) => void ctx.firmwareOps.push({ op: "devices", reason: "start", at: new Date().toISOString() }));
+      } catch (err) {
+        await this.supervisor.event(vm, "firmware-pending-failed", `the NVRAM was not updated before the start: ${(err as Error).message}; starting with what it holds`);
+      }
+    }
+    // A QEMU that never came up leaves no taps behind.
+    const current = await this.store.get(vm.id);
+    return this.supervisor.start(current, { extras: await this.network.engineExtras(current) }).catch(async (err: unknown) => {
+      if (!this.supervisor.isRunning(vm.id)) await this.network.releaseTaps(vm).catch(() => undefined);
+      throw err;
     });
   }
 

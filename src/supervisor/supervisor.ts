@@ -82,6 +82,8 @@ interface Running {
   childExit: () => ChildExit | undefined;
   childExited?: Promise<void>;
   shutdownReason?: string;
+  /** Set when the VM was live-migrated away: the host it now runs on. */
+  movedTo?: string;
   intent: Intent;
   console: ConsoleWatcher;
   gone: Promise<ExitRecord>;
@@ -108,6 +110,11 @@ export interface StartOptions {
   config?: VmConfig;
   /** Engine options the caller resolved for this run (the adapters' taps, from the switches). */
   extras?: Partial<EngineOptions>;
+  /**
+   * A live migration's destination: QEMU starts paused, waiting for the stream at `uri`
+   * (over the TLS credentials object `tlsCredsId` when given, defined in `extras.objects`).
+   */
+  incoming?: { uri: string; tlsCredsId?: string };
 }
 
 const QMP_CONNECT_TIMEOUT_MS = 15_000;
@@ -258,7 +265,8 @@ export class Supervisor extends EventEmitter<SupervisorEvents> {
     const info = await r.mon.queryMigrate().catch(() => ({ status: undefined }));
     if (info.status === "active" || info.status === "setup") await r.mon.migrateCancel().catch(() => undefined);
     await rm(r.home.savedStatePartial, { force: true });
-    if (op.file) await rm(op.file, { force: true });
+    // A complete state file is the change journal's to keep or drop (it rolls the change forward or back).
+    if (op.file) await rm(`${op.file}.partial`, { force: true });
     await unlink(r.run.migrationSocket).catch(() => undefined);
     if (op.wasRunning) {
       await this.resumeAfterMigration(r);
@@ -353,10 +361,11 @@ export class Supervisor extends EventEmitter<SupervisorEvents> {
       uefiCode: vm.generation === 2 ? uefiCode(vm.firmware.secureBoot) : undefined,
       secureBoot: vm.generation === 2 && vm.firmware.secureBoot,
       ...extras,
-      incoming: restoreFile ? "defer" : undefined,
+      incoming: restoreFile || opts.incoming ? "defer" : undefined,
+      paused: opts.incoming !== undefined || (opts.paused === true && !restoreFile),
     };
     const confinement = (await this.engine.confinement?.(vm, home)) ?? { argv: [] };
-    const argv = [...buildArgv(vm, paths, opts2), ...(opts.paused && !restoreFile ? ["-S"] : []), ...confinement.argv];
+    const argv = [...buildArgv(vm, paths, opts2), ...confinement.argv];
     await confinement.prepare?.(run);
 
     const startedAt = new Date().toISOString();
@@ -396,8 +405,18 @@ export class Supervisor extends EventEmitter<SupervisorEvents> {
     const record = { phase: "running" as const, pid, startTime: (await processStartTime(pid)) ?? 0, startedAt, runDir: run.dir, accel, accelReason: reason };
     await writeRuntime(home, record);
     const r = this.track(vm, home, run, record, mon, child, childExited, () => childExit, consoleFrom);
-    r.state = restoreFile ? "Starting" : opts.paused ? "Paused" : "Running";
-    await this.event(vm, "started", `started under ${accel.toUpperCase()} (${reason})`);
+    r.state = restoreFile || opts.incoming ? "Starting" : opts.paused ? "Paused" : "Running";
+    await this.event(vm, "started", `started under ${accel.toUpperCase()} (${reason})${opts.incoming ? ", waiting for a live migration" : ""}`);
+    if (opts.incoming) {
+      try {
+        if (opts.incoming.tlsCredsId) await mon.migrateSetParameters({ "tls-creds": opts.incoming.tlsCredsId });
+        await mon.migrateIncoming(opts.incoming.uri);
+      } catch (err) {
+        await this.killHard(r);
+        throw new VmhostError("migration-failed", `the destination QEMU could not wait for the migration: ${(err as Error).message}`, 500);
+      }
+      return r.state;
+    }
 
     if (restoreFile) {
       try {
@@ -514,6 +533,7 @@ export class Supervisor extends EventEmitter<SupervisorEvents> {
   private exitReason(r: Running): string {
     const sr = r.shutdownReason;
     const ce = r.childExit();
+    if (r.movedTo) return `moved to ${r.movedTo} (live migration)`;
     if (r.intent === "turn-off") return "turned off";
     if (sr === "guest-shutdown") return "the guest shut down";
     if (sr === "guest-panic") return "the guest kernel panicked";
@@ -655,9 +675,10 @@ export class Supervisor extends EventEmitter<SupervisorEvents> {
   /**
    * Streams the machine state (RAM, devices and the UEFI flash) of a paused QEMU into `file`
    * through QEMU's migration (`migrate unix:` to a socket vmhostd serves). The file appears only
-   * when complete (written as `.partial`, fsynced, renamed). Stale sockets are removed first.
+   * when complete (written as `.partial`, fsynced unless `sync: false`, renamed). Stale sockets are
+   * removed first.
    */
-  private async migrateToFile(r: Running, file: string): Promise<void> {
+  private async migrateToFile(r: Running, file: string, opts: { sync?: boolean; parametersSet?: boolean } = {}): Promise<void> {
     const tmp = `${file}.partial`;
     const sock = r.run.migrationSocket;
     await unlink(sock).catch(() => undefined);
@@ -674,14 +695,16 @@ export class Supervisor extends EventEmitter<SupervisorEvents> {
     });
     await new Promise<void>((resolve, reject) => server.listen(sock, resolve).once("error", reject));
     try {
-      await r.mon.migrateSetParameters({ "max-bandwidth": 10 * 1024 * 1024 * 1024 });
+      if (!opts.parametersSet) await r.mon.migrateSetParameters({ "max-bandwidth": 10 * 1024 * 1024 * 1024 });
       await r.mon.migrate(`unix:${sock}`);
       const info = await this.waitMigration(r.mon, 600_000);
       if (info.status !== "completed") throw new Error(`migration ${info.status ?? "failed"}${info["error-desc"] ? `: ${info["error-desc"]}` : ""}`);
       await received;
-      const fh = await open(tmp, "r+");
-      await fh.sync();
-      await fh.close();
+      if (opts.sync !== false) {
+        const fh = await open(tmp, "r+");
+        await fh.sync();
+        await fh.close();
+      }
       await rename(tmp, file);
     } catch (err) {
       out.destroy();
@@ -724,26 +747,39 @@ export class Supervisor extends EventEmitter<SupervisorEvents> {
   /**
    * The guest paused for `fn` (a checkpoint's disk snapshot and NVRAM copy), then, when
    * `stateFile` is given, its machine state streamed to that file; then the guest runs again if
-   * it ran before. Returns fn's result and how long the guest was paused (ms). A service killed
-   * meanwhile undoes the capture when it adopts the QEMU again.
+   * it ran before. Returns fn's result, how long the guest was paused (ms) and, when fn
+   * succeeded but the state could not be written, why (`stateError`): fn's effect stands, so
+   * the caller decides. A service killed meanwhile undoes the capture when it adopts the QEMU.
    */
-  async withGuestPaused<T>(vm: VmRef, fn: (mon: QemuMonitor) => Promise<T>, stateFile?: string): Promise<{ result: T; pausedMs: number }> {
+  async withGuestPaused<T>(vm: VmRef, fn: (mon: QemuMonitor) => Promise<T>, stateFile?: string): Promise<{ result: T; pausedMs: number; stateError?: Error }> {
     const r = this.requireRunning(vm, "Running", "Paused");
     const wasRunning = r.state === "Running";
     await this.setOperation(r, { kind: "capture", since: new Date().toISOString(), wasRunning, ...(stateFile ? { file: stateFile } : {}) });
+    // Set before the guest stops, so the pause holds only the work itself.
+    if (stateFile) await r.mon.migrateSetParameters({ "max-bandwidth": 10 * 1024 * 1024 * 1024 });
+    await unlink(r.run.migrationSocket).catch(() => undefined);
     const t0 = performance.now();
-    if (wasRunning) await r.mon.stop();
     let result: T;
+    let stateError: Error | undefined;
+    let pausedMs = 0;
     try {
+      if (wasRunning) await r.mon.stop();
       result = await fn(r.mon);
-      if (stateFile) await this.migrateToFile(r, stateFile);
+      if (stateFile) {
+        try {
+          // Not synced while the guest waits: the caller's commit makes it durable after the guest runs again.
+          await this.migrateToFile(r, stateFile, { sync: false, parametersSet: true });
+        } catch (err) {
+          stateError = err as Error;
+        }
+      }
     } finally {
       if (wasRunning) await this.resumeAfterMigration(r).catch(() => undefined);
+      pausedMs = performance.now() - t0;
       await this.clearOperation(r).catch(() => undefined);
     }
-    const pausedMs = performance.now() - t0;
     this.setState(r, wasRunning ? "Running" : "Paused");
-    return { result, pausedMs };
+    return { result, pausedMs, ...(stateError ? { stateError } : {}) };
   }
 
   private async waitMigration(mon: QemuMonitor, timeoutMs: number) {
@@ -781,6 +817,137 @@ export class Supervisor extends EventEmitter<SupervisorEvents> {
     if (s !== "paused" && s !== "postmigrate" && s !== "prelaunch" && s !== "running") throw new Error(`QEMU is ${s} after loading the state`);
     if (!paused && s !== "running") await r.mon.cont();
     this.setState(r, paused ? "Paused" : "Running");
+  }
+
+  // ---- live migration (Move-VM) -------------------------------------------------------------
+
+  /**
+   * Destination side: exports the incoming VM's disks over NBD (writable) at host:port for the
+   * source's drive-mirror (qemu-iotests 194's sequence), one export per disk named by its slot
+   * key; over TLS when `tlsCredsId` is given. Returns the export names by slot.
+   */
+  async exportDisks(vm: VmRef, disks: { slot: string; exportName: string }[], addr: { host: string; port: string }, tlsCredsId?: string): Promise<void> {
+    const r = this.requireRunning(vm);
+    const blocks = await r.mon.queryBlock();
+    await r.mon.nbdServerStart({ type: "inet", host: addr.host, port: addr.port }, tlsCredsId);
+    for (const d of disks) {
+      const root = rootNodeOfSlot(blocks, d.slot);
+      if (!root) throw new VmhostError("migration-failed", `the destination QEMU has no drive at ${d.slot}`, 500);
+      await r.mon.blockExportAdd(d.exportName, root, true);
+    }
+  }
+
+  /**
+   * Destination side, once the source says the migration completed: the NBD server goes and the
+   * guest runs here (the UEFI flash from the stream is written to this host's NVRAM file now).
+   */
+  async finishIncoming(vm: VmRef): Promise<VmState> {
+    const r = this.requireRunning(vm);
+    const s = (await r.mon.queryStatus()).status;
+    if (s === "inmigrate") throw new VmhostError("migration-failed", `VM "${vm.name}" has not received the whole migration stream (QEMU is ${s})`, 409);
+    await r.mon.nbdServerStop().catch(() => undefined);
+    await r.mon.cont();
+    this.setState(r, "Running");
+    await this.event(vm, "migrated-in", "live migration finished: the guest runs on this host");
+    return r.state;
+  }
+
+  /**
+   * Source side: mirrors the disks to the destination's NBD exports (when storage moves), then
+   * migrates memory and devices to `uri`, then ends the mirrors (cancelled once in sync, never
+   * completed: that would switch the source to the copies). Returns QEMU's figures (downtime,
+   * total time in ms). The guest is left paused here (postmigrate) on success; on any failure
+   * everything is undone and the guest runs here as before.
+   */
+  async migrateOut(
+    vm: VmRef,
+    p: {
+      uri: string;
+      tls?: { dir: string; hostname: string };
+      mirrors?: { slot: string; host: string; port: string; exportName: string; sync: "full" | "top" }[];
+      downtimeLimitMs?: number;
+      onProgress?: (phase: "storage" | "memory", fraction: number) => void;
+    },
+  ): Promise<{ downtimeMs?: number; totalMs?: number; setupMs?: number; mirroredBytes: number }> {
+    const r = this.requireRunning(vm, "Running", "Paused");
+    const mon = r.mon;
+    const wasRunning = r.state === "Running";
+    const tlsId = "vmhost-mig-tls";
+    const targets: string[] = [];
+    const jobs: string[] = [];
+    let mirroredBytes = 0;
+    try {
+      if (p.tls) {
+        await mon.objectDel(tlsId).catch(() => undefined);
+        await mon.objectAddTlsCreds(tlsId, p.tls.dir, "client");
+        await mon.migrateSetParameters({ "tls-creds": tlsId, "tls-hostname": p.tls.hostname });
+      } else await mon.migrateSetParameters({ "tls-creds": "" });
+      await mon.migrateSetParameters({ "max-bandwidth": 10 * 1024 * 1024 * 1024, ...(p.downtimeLimitMs ? { "downtime-limit": p.downtimeLimitMs } : {}) });
+      if (p.mirrors?.length) {
+        const blocks = await mon.queryBlock();
+        for (const m of p.mirrors) {
+          const root = rootNodeOfSlot(blocks, m.slot);
+          if (!root) throw new Error(`no drive at ${m.slot}`);
+          const target = `mig-${m.exportName}`;
+          await mon.blockdevAdd({ driver: "nbd", "node-name": target, server: { type: "inet", host: m.host, port: m.port }, export: m.exportName, ...(p.tls ? { "tls-creds": tlsId } : {}) });
+          targets.push(target);
+          const job = `vmhost-mirror-${m.exportName}`;
+          await mon.blockdevMirror(job, root, target, m.sync);
+          jobs.push(job);
+        }
+        // Wait until every mirror is in sync (ready): from then on guest writes go to both sides.
+        for (;;) {
+          const all = await mon.queryJobs();
+          const mine = all.filter((j) => jobs.includes(j.id));
+          const failed = mine.find((j) => j.status === "concluded" || j.error);
+          if (failed) throw new Error(`mirroring ${failed.id} failed${failed.error ? `: ${failed.error}` : ""}`);
+          const total = mine.reduce((a, j) => a + j["total-progress"], 0);
+          const done = mine.reduce((a, j) => a + j["current-progress"], 0);
+          p.onProgress?.("storage", total ? done / total : 1);
+          if (mine.length === jobs.length && mine.every((j) => j.status === "ready")) {
+            mirroredBytes = total;
+            break;
+          }
+          await sleep(50);
+        }
+      }
+      await mon.migrate(p.uri);
+      let info;
+      for (;;) {
+        info = await mon.queryMigrate();
+        if (info.status === "completed") break;
+        if (info.status === "failed" || info.status === "cancelled") throw new Error(`migration ${info.status}${info["error-desc"] ? `: ${info["error-desc"]}` : ""}`);
+        if (info.ram && info.ram.total) p.onProgress?.("memory", Math.min(1, info.ram.transferred / info.ram.total));
+        await sleep(20);
+      }
+      this.setState(r, "Paused");
+      // The copies are complete: end the mirrors without switching to them.
+      for (const j of jobs) await mon.blockJobCancel(j).catch(() => undefined);
+      await waitJobsGone(mon, jobs);
+      for (const t of targets) await mon.blockdevDel(t).catch(() => undefined);
+      return { downtimeMs: info.downtime, totalMs: info["total-time"], setupMs: (info as { "setup-time"?: number })["setup-time"], mirroredBytes };
+    } catch (err) {
+      await mon.migrateCancel().catch(() => undefined);
+      for (const j of jobs) await mon.blockJobCancel(j, true).catch(() => undefined);
+      await waitJobsGone(mon, jobs).catch(() => undefined);
+      for (const t of targets) await mon.blockdevDel(t).catch(() => undefined);
+      const s = await mon.queryStatus().catch(() => undefined);
+      if (wasRunning && s && s.status !== "running") await mon.cont().catch(() => undefined);
+      this.setState(r, wasRunning ? "Running" : "Paused");
+      throw new VmhostError("migration-failed", `the live migration of VM "${vm.name}" failed: ${(err as Error).message}; it keeps running on this host`, 500);
+    } finally {
+      if (p.tls) await mon.migrateSetParameters({ "tls-creds": "" }).catch(() => undefined);
+    }
+  }
+
+  /** Source side, after the destination runs the guest: this QEMU quits (the VM now lives elsewhere). */
+  async releaseMigrated(vm: VmRef, where: string): Promise<void> {
+    const r = this.requireRunning(vm);
+    r.intent = "turn-off";
+    r.movedTo = where;
+    await r.mon.quit().catch(() => undefined);
+    const ok = await Promise.race([r.gone.then(() => true), sleep(5000).then(() => false)]);
+    if (!ok) await this.killHard(r);
   }
 
   // ---- devices on a running VM ----------------------------------------------------------
@@ -841,6 +1008,24 @@ export class Supervisor extends EventEmitter<SupervisorEvents> {
   /** Ids of the VMs whose QEMU is supervised now. */
   runningIds(): string[] {
     return [...this.running.keys()];
+  }
+}
+
+/** The root (active) node of the drive at `slot` ("SCSI 0:0"), from query-block. */
+export function rootNodeOfSlot(blocks: { qdev?: string; inserted?: { "node-name": string } }[], slot: string): string | undefined {
+  const m = /^(IDE|SCSI)\s*(\d+):(\d+)$/i.exec(slot.trim());
+  if (!m) return undefined;
+  const dev = QEMU_IDS.disk(m[1]!.toUpperCase() as "IDE" | "SCSI", Number(m[2]), Number(m[3]));
+  return blocks.find((b) => b.qdev === dev || b.qdev?.endsWith(`/${dev}`) || b.qdev?.includes(`/${dev}/`))?.inserted?.["node-name"];
+}
+
+async function waitJobsGone(mon: QemuMonitor, ids: string[]): Promise<void> {
+  const deadline = Date.now() + 30_000;
+  while (Date.now() < deadline) {
+    const left = (await mon.queryJobs()).filter((j) => ids.includes(j.id));
+    for (const j of left) if (j.status === "concluded" || j.status === "null") await mon.jobDismiss(j.id).catch(() => undefined);
+    if (left.every((j) => j.status === "concluded" || j.status === "null")) return;
+    await sleep(20);
   }
 }
 

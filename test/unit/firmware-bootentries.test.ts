@@ -106,7 +106,7 @@ test("mapping: DVD, second controller, wrong LUN/target, NIC with another MAC, o
   assert.equal(map("PcieRoot(0x0)/Pci(0x8,0x0)")?.ref, "nic0");
 });
 
-test("classification rules: marker decides File vs Drive/Network; Fv and application options are Firmware", () => {
+test("classification rules: marker decides File vs Drive/Network; only the firmware's own volume is Firmware", () => {
   const cls = (path: string, auto: boolean, attributes = 1): string =>
     describeBootOption(1, encodeLoadOption(makeLoadOption({ description: "x", path, attributes, ...(auto ? { optionalData: autoCreatedMarker() } : {}) })), LAYOUT, true).type;
   assert.equal(cls("PciRoot(0x0)/Pci(0x3,0x0)/Scsi(0x0,0x0)", true), "Drive");
@@ -114,16 +114,32 @@ test("classification rules: marker decides File vs Drive/Network; Fv and applica
   assert.equal(cls("PciRoot(0x0)/Pci(0x8,0x0)/MAC(00155D000001,0x1)/IPv6(::,0x0,Static,::,0x40,::)", true), "Network");
   assert.equal(cls("Uri(http://example/boot.efi)", true), "Network");
   assert.equal(cls("Fv(7CB8BDC9-F8EB-4F34-AAEA-3EE4AF6516A1)/FvFile(7C04A583-9E3E-4F1C-AD65-E05268D0B4D1)", false), "Firmware");
-  assert.equal(cls("\\EFI\\tool.efi", false, 0x101), "Firmware");
+  assert.equal(cls("MemoryMapped(0xB,0x900000,0x10FFFFF)/FvFile(462CAA21-7614-4503-836E-8AB6F4662331)", false, 0x109), "Firmware");
+  // F.16: an OS-made application entry on a disk is File, whatever its category.
+  assert.equal(cls("\\EFI\\tool.efi", false, 0x101), "File");
+  assert.equal(cls("HD(1,GPT,1C2A3B4D-5E6F-4071-8293-A4B5C6D7E8F9,0x800,0x100000)/\\EFI\\BOOT\\mmx64.efi", false, 0x101), "File");
 });
 
-test("undecodable options are Unknown (and still listed); BootOrder entries without Boot#### are reported", () => {
+test("F.18: each entry carries its hidden flag and its optional data (length and hex)", () => {
+  const cfg = readBootConfiguration(parseVarStore(fixture("ovmf4m.fd")), LAYOUT);
+  const uiApp = cfg.entries.find((e) => e.description === "UiApp")!;
+  assert.equal(uiApp.hidden, true);
+  assert.equal(uiApp.optionalDataLength, 0);
+  assert.equal(uiApp.optionalDataHex, "");
+  const disk = cfg.entries.find((e) => e.type === "Drive")!;
+  assert.equal(disk.hidden, false);
+  assert.equal(disk.optionalDataLength, 16);
+  assert.equal(disk.optionalDataHex, "4eac0881119f594d850ee21a522c59b2", "edk2's auto-created marker, as stored");
+});
+
+test("undecodable options are Unknown (and still listed); BootOrder entries without Boot#### and repeated ones are reported", () => {
   const s = parseVarStore(fixture("ovmf4m.fd"));
   s.set("Boot0009", "8be4df61-93ca-11d2-aa0d-00e098032b8c", 7, Uint8Array.of(1, 0, 0, 0, 200, 0, 65, 0, 0, 0));
   s.set("Boot000A", "8be4df61-93ca-11d2-aa0d-00e098032b8c", 7, Uint8Array.of(1, 0, 0, 0, 4, 0, 65, 0, 0, 0, 1, 1, 3, 0));
-  writeBootOrder(s, [0x20, 9, ...readBootOrder(s)!]);
+  writeBootOrder(s, [0x20, 9, ...readBootOrder(s)!, 9, 0x20]);
   const cfg = readBootConfiguration(s, LAYOUT);
   assert.deepEqual(cfg.missing, [0x20]);
+  assert.deepEqual(cfg.duplicates, [{ id: 0x20, positions: [0, 10] }, { id: 9, positions: [1, 9] }]);
   const bad = cfg.entries.find((e) => e.id === 9)!;
   assert.equal(bad.type, "Unknown");
   assert.match(bad.error ?? "", /FilePathListLength/);

@@ -44,3 +44,12 @@ test("free Boot#### numbers", () => {
   assert.throws(() => nextFreeBootNumber(all), (e: unknown) => e instanceof BootError && e.code === "NO_FREE_NUMBER");
   assert.throws(() => freeBootNumbers(all.slice(1), 2), BootError);
 });
+
+test("applyBootOrder with prune keeps what the caller says must stay (entries the firmware re-creates), in their order", () => {
+  const r = applyBootOrder([0, 1, 2, 3, 4, 5, 6], [2], { prune: true, keepOnPrune: [6, 0], fileEntries: [4] });
+  assert.deepEqual(r.order, [2, 0, 4, 6]);
+  assert.deepEqual(r.kept, [0, 6]);
+  assert.deepEqual(r.keptFiles, [4]);
+  assert.deepEqual(r.pruned, [1, 3, 5]);
+  assert.deepEqual(applyBootOrder([0, 1, 2], [2], { keepOnPrune: [0] }).kept, [], "without prune nothing is 'kept': all move");
+});

@@ -312,14 +312,18 @@ const orderArb = fc.uniqueArray(fc.integer({ min: 0, max: 40 }), { maxLength: 15
     fc.subarray(current),
     fc.boolean(),
     fc.boolean(),
+    fc.subarray(current),
   ),
 );
 
-check("boot policy: applyBootOrder invariants, free numbers", orderArb, 10_000, ([current, requested, files, prune, pruneFiles]) => {
-  const r = applyBootOrder(current, requested, { prune, fileEntries: files, pruneFiles });
+check("boot policy: applyBootOrder invariants, free numbers", orderArb, 10_000, ([current, requested, files, prune, pruneFiles, keep]) => {
+  const r = applyBootOrder(current, requested, { prune, fileEntries: files, pruneFiles, keepOnPrune: keep });
   assert.deepEqual(r.order.slice(0, requested.length), requested);
   const leftOut = current.filter((id) => !requested.includes(id));
-  assert.deepEqual([...r.movedToEnd, ...r.keptFiles, ...r.pruned].sort((a, b) => a - b), [...leftOut].sort((a, b) => a - b));
+  assert.deepEqual([...r.movedToEnd, ...r.keptFiles, ...r.kept, ...r.pruned].sort((a, b) => a - b), [...leftOut].sort((a, b) => a - b));
+  assert.deepEqual(r.order.slice(requested.length), leftOut.filter((id) => !r.pruned.includes(id)), "what stays keeps its order");
+  for (const id of r.pruned) assert.ok(!keep.includes(id), "keepOnPrune entries are never pruned");
+  if (!prune) assert.deepEqual(r.kept, []);
   assert.equal(new Set(r.order).size, r.order.length);
   if (!prune) assert.deepEqual(r.order.slice(requested.length), leftOut);
   if (!pruneFiles) for (const f of files) assert.ok(r.order.includes(f), "File entries are never dropped silently");

@@ -1,10 +1,11 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import {
-  bootOptionName, expectedDeviceEntries, parseVarStore, readBootConfiguration, readBootOptionBytes, readBootOrder, syncDeviceEntries,
+  applyDeviceEntryPlan, bootOptionName, describeBootEntries, expectedDeviceEntries, parseVarStore, planDeviceEntries, readBootConfiguration,
+  readBootOptionBytes, readBootOrder, setBootOrder, syncDeviceEntries, VarStoreError, writeBootNext, writeBootOrder,
   type FirmwareDeviceLayout,
 } from "../../src/firmware/index.js";
-import { fixture } from "../fixtures/firmware/helpers.js";
+import { buildVarStoreImage, fixture } from "../fixtures/firmware/helpers.js";
 
 /** The devices of the fixture VM (make-fixtures.ts): disk at SCSI 0:0 (slot 3), NIC 00:15:5D:00:00:01 at slot 8. */
 const LAYOUT: FirmwareDeviceLayout = {
@@ -118,4 +119,86 @@ test("an adapter that moves to another slot (an earlier one was removed) keeps i
   const net = conf.entries.filter((e) => e.type === "Network");
   assert.ok(net.every((e) => e.device?.ref === "Network Adapter 2" && e.firmwarePath.startsWith("PciRoot(0x0)/Pci(0x8,0x0)/MAC(00155D000002")));
   assert.deepEqual(readBootOrder(store), order.filter((id) => conf.entries.some((e) => e.id === id)));
+});
+
+test("F.15: planDeviceEntries changes nothing; applying the plan is what syncDeviceEntries does", () => {
+  const layouts: [string, FirmwareDeviceLayout, "IPv4" | "IPv6"][] = [
+    ["ovmf4m.fd", LAYOUT, "IPv4"],
+    ["ovmf4m.fd", LAYOUT, "IPv6"],
+    ["ovmf4m-custom.fd", { ...LAYOUT, scsiDevices: [...LAYOUT.scsiDevices, { controller: 0, location: 1, kind: "dvd", ref: "SCSI 0:1" }] }, "IPv4"],
+    ["pristine-OVMF_VARS.fd", LAYOUT, "IPv4"],
+    ["ovmf2m.fd", { ...LAYOUT, nics: [] }, "IPv4"],
+  ];
+  for (const [name, layout, protocol] of layouts) {
+    const bytes = fixture(name);
+    const store = parseVarStore(bytes);
+    const plan = planDeviceEntries(store, layout, protocol);
+    assert.deepEqual(store.toBuffer(), bytes, `${name}: planning wrote nothing`);
+    const viaPlan = applyDeviceEntryPlan(store, plan);
+    const direct = parseVarStore(bytes);
+    const viaSync = syncDeviceEntries(direct, layout, protocol);
+    assert.deepEqual(viaPlan, viaSync, name);
+    assert.deepEqual(readBootConfiguration(store, layout), readBootConfiguration(direct, layout), name);
+    assert.deepEqual(readBootOrder(store), plan.bootOrderChanged ? plan.bootOrder : readBootOrder(parseVarStore(bytes)), name);
+    assert.equal(planDeviceEntries(store, layout, protocol).empty, true, `${name}: nothing left to do`);
+  }
+});
+
+test("F.15: a plan is made even when its entries would not fit; applying it then fails with STORE_FULL", () => {
+  const store = parseVarStore(buildVarStoreImage(200));
+  const plan = planDeviceEntries(store, LAYOUT, "IPv4");
+  assert.equal(plan.added.length, 3);
+  assert.throws(() => applyDeviceEntryPlan(store, plan), (e: unknown) => e instanceof VarStoreError && e.code === "STORE_FULL");
+});
+
+test("F.15: the view shows what the store holds and marks what vmhost will add, rewrite or remove as pending", () => {
+  // A new VM's store before its first start: nothing stored yet, three entries pending.
+  const fresh = parseVarStore(fixture("pristine-OVMF_VARS.fd"));
+  const v = describeBootEntries(fresh, LAYOUT, { plan: planDeviceEntries(fresh, LAYOUT, "IPv4"), protocol: "IPv4" });
+  assert.equal(v.bootOrder, null);
+  assert.deepEqual(v.rows.map((r) => [r.name, r.status, r.pending?.action, r.entry?.type]), [
+    ["Boot0000", "pending", "add", "Drive"],
+    ["Boot0001", "pending", "add", "Network"],
+    ["Boot0002", "pending", "add", "Network"],
+  ]);
+  assert.deepEqual(v.pendingBootOrder, [0, 1, 2]);
+  // A store OVMF made, the VM now set to IPv4 only: the IPv6 entries are still stored, pending removal.
+  const booted = parseVarStore(fixture("ovmf4m.fd"));
+  const w = describeBootEntries(booted, LAYOUT, { plan: planDeviceEntries(booted, LAYOUT, "IPv4"), protocol: "IPv4" });
+  assert.deepEqual(w.rows.map((r) => [r.id, r.status, r.position, r.pending?.action ?? null]), [
+    [0, "stored", 0, null], [1, "stored", 1, null], [2, "stored", 2, null], [3, "stored", 3, "remove"],
+    [4, "stored", 4, null], [5, "stored", 5, "remove"], [6, "stored", 6, null],
+  ]);
+  assert.deepEqual(w.pendingBootOrder, [0, 1, 2, 4, 6]);
+  // After --boot-order "SCSI 0:0" --prune on an Off VM: what the store holds, and why the rest stayed.
+  syncDeviceEntries(booted, LAYOUT, "IPv4");
+  const r = setBootOrder(booted, LAYOUT, [1], { prune: true, protocol: "IPv4" });
+  const after = describeBootEntries(booted, LAYOUT, { plan: planDeviceEntries(booted, LAYOUT, "IPv4"), protocol: "IPv4" });
+  assert.deepEqual(after.rows.map((x) => x.id), [1, ...r.keptRecreated.map((k) => k.id)]);
+  assert.ok(after.rows.every((x) => x.pending === null), "nothing pending: the store already is what vmhost keeps");
+  assert.ok(after.rows.slice(1).every((x) => x.recreatedAtBoot !== null));
+});
+
+test("F.18: BootOrder numbers without a Boot#### and repeated numbers are rows of their own, not dropped", () => {
+  const store = parseVarStore(fixture("ovmf4m.fd"));
+  writeBootOrder(store, [1, 0x30, 2, 1, 0x30]);
+  writeBootNext(store, 0x30);
+  const v = describeBootEntries(store, LAYOUT);
+  assert.deepEqual(v.rows.map((r) => [r.name, r.position, r.status, r.duplicateOf]), [
+    ["Boot0001", 0, "stored", null],
+    ["Boot0030", 1, "missing", null],
+    ["Boot0002", 2, "stored", null],
+    ["Boot0001", 3, "duplicate", 0],
+    ["Boot0030", 4, "duplicate", 1],
+    ["Boot0000", null, "stored", null],
+    ["Boot0003", null, "stored", null],
+    ["Boot0004", null, "stored", null],
+    ["Boot0005", null, "stored", null],
+    ["Boot0006", null, "stored", null],
+  ]);
+  assert.equal(v.rows[1]!.entry, null);
+  assert.equal(v.rows[3]!.entry?.description, "UEFI QEMU QEMU HARDDISK ");
+  assert.equal(v.bootNext, 0x30);
+  assert.equal(v.rows.find((r) => r.id === 0)!.entry!.hidden, true);
+  assert.equal(v.rows.find((r) => r.id === 1)!.entry!.optionalDataLength, 16);
 });

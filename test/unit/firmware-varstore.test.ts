@@ -11,7 +11,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import {
   decodeBootOrder, GUIDS, parseVarStore, readVarStoreFile, VAR_STATE, VarStore, VarStoreError, VARIABLE_ATTRIBUTE as VA,
-  writeVarStoreFileAtomic, ATTRS_NV_BS_RT, efiTimeFromDate,
+  writeVarStoreFileAtomic, ATTRS_NV_BS_RT, efiTimeFromDate, checkVarStoreForFirmware, checkVarStoreFileForFirmware, OVMF_FLASH_BUILDS,
 } from "../../src/firmware/index.js";
 import { BOOTED_STORES, buildVarStoreImage, fixture, PRISTINE_FIXTURES, SYSTEM_TEMPLATES } from "../fixtures/firmware/helpers.js";
 
@@ -85,25 +85,28 @@ test("pristine templates: empty plain store, Secure Boot keys in .ms", () => {
   assert.deepEqual(ms.get("SecureBootEnable", "f0a30bc7-af08-4556-99c4-001009c93a44")?.data, bytes(1));
 });
 
-test("0x3e (ADDED & IN_DELETED_TRANSITION) is live, but an ADDED copy wins over it; the newest copy wins", () => {
-  const img = buildVarStoreImage(4096);
-  const s = parseVarStore(img);
+test("0x3e (ADDED & IN_DELETED_TRANSITION) is live when alone, an ADDED copy wins over it; two ADDED copies are damage", () => {
+  const s = parseVarStore(buildVarStoreImage(4096));
   s.set("A", TEST_GUID, ATTRS_NV_BS_RT, bytes(1));
-  // Forge a second ADDED copy the way an interrupted update could leave it: old copy live.
-  const buf = s.toBuffer();
-  const first = parseVarStore(buf).records()[0]!;
-  const s2 = parseVarStore(buf);
-  s2.set("A", TEST_GUID, ATTRS_NV_BS_RT, bytes(2));
-  const two = s2.toBuffer();
-  two[first.offset + 2] = VAR_STATE.ADDED; // resurrect the old copy
-  assert.deepEqual(parseVarStore(two).get("A", TEST_GUID)?.data, bytes(2), "newest ADDED copy wins");
-  two[first.offset + 2] = 0x3e;
+  s.set("A", TEST_GUID, ATTRS_NV_BS_RT, bytes(2));
+  const two = s.toBuffer();
+  const [first, newer] = parseVarStore(two).records();
+  assert.equal(first!.state, 0x3c);
+  // An update cut short after the new copy was written: the old one is still in transition.
+  two[first!.offset + 2] = 0x3e;
   assert.deepEqual(parseVarStore(two).get("A", TEST_GUID)?.data, bytes(2), "ADDED beats in-transition");
-  const newer = parseVarStore(two).records()[1]!;
-  two[newer.offset + 2] = 0x3c;
+  two[newer!.offset + 2] = 0x3c;
   assert.deepEqual(parseVarStore(two).get("A", TEST_GUID)?.data, bytes(1), "an in-transition copy is live when alone");
-  two[first.offset + 2] = VAR_STATE.HEADER_VALID_ONLY;
+  two[first!.offset + 2] = VAR_STATE.HEADER_VALID_ONLY;
   assert.equal(parseVarStore(two).get("A", TEST_GUID), undefined, "half-written copies are not live");
+  // edk2 marks the old copy before it writes the new one, so two ADDED copies mean damage
+  // (here one set bit in the old copy's State): which one edk2 returns depends on order alone.
+  two[first!.offset + 2] = VAR_STATE.ADDED;
+  two[newer!.offset + 2] = VAR_STATE.ADDED;
+  assert.throws(
+    () => parseVarStore(two),
+    (e: unknown) => e instanceof VarStoreError && e.code === "DUPLICATE_VARIABLE" && e.offset === newer!.offset && /0x64 and 0xA8/i.test(e.message),
+  );
 });
 
 test("set: appends the new record, marks the old one deleted, touches nothing else", () => {
@@ -208,18 +211,137 @@ test("STORE_FULL when even compaction cannot fit; the store is left unchanged", 
   assert.equal(s.get("B", TEST_GUID)?.data.length, 150);
 });
 
-test("a dirty free area is reclaimed before appending, as edk2 does at start-up", () => {
-  const img = buildVarStoreImage(1024);
-  const s0 = parseVarStore(img);
+/** The live variables of a store as comparable rows. */
+function liveRows(s: VarStore): string[] {
+  return s.list().map((v) => `${v.guid}/${v.name}=${Buffer.from(v.data).toString("hex")}`).sort();
+}
+
+test("C.8: one flipped byte in a record header is refused with its file and offset, never read as a shorter store", async () => {
+  const pristine = fixture("pristine-OVMF_VARS.ms.fd");
+  const good = parseVarStore(pristine);
+  const pk = good.records().find((r) => r.name === "PK" && r.state === VAR_STATE.ADDED)!;
+  const first = good.records()[0]!;
+  // The issue's example: the first header's start mark damaged. edk2's walk stops there; read
+  // that way the store is empty and the next write would drop PK, KEK, db and dbx.
+  const flipped = pristine.slice();
+  flipped[first.offset] = flipped[first.offset]! ^ 0x01;
+  assert.throws(
+    () => parseVarStore(flipped),
+    (e: unknown) => e instanceof VarStoreError && e.code === "UNERASED_FREE_SPACE" && e.offset !== undefined && e.offset >= first.offset,
+  );
+  const dir = await mkdtemp(join(tmpdir(), "vmhost-fw-test-"));
+  try {
+    const file = join(dir, "nvram.fd");
+    await writeFile(file, flipped);
+    await assert.rejects(readVarStoreFile(file), (e: unknown) => {
+      assert.ok(e instanceof VarStoreError);
+      assert.equal(e.path, file);
+      assert.ok(e.message.startsWith(`${file}: `), e.message);
+      assert.match(e.message, /byte 0x[0-9A-F]+ after it is 0x[0-9A-F]+, not erased \(0xFF\)/);
+      assert.ok(e.message.includes("0x" + e.offset!.toString(16).toUpperCase()));
+      return true;
+    });
+    assert.deepEqual(new Uint8Array(await readFile(file)), flipped, "a refused store is left as it is");
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+  // Every header field that steers the walk, flipped one bit at a time: refused, or every
+  // variable is still there. Never fewer.
+  const expected = liveRows(good);
+  let refused = 0;
+  for (const r of good.records()) {
+    const fields = [0, 1, 2, 36, 37, 38, 39, 40, 41, 42, 43];
+    for (const f of fields) {
+      for (const bit of [0x01, 0x02, 0x10, 0x80]) {
+        const b = pristine.slice();
+        b[r.offset + f] = b[r.offset + f]! ^ bit;
+        let s: VarStore;
+        try {
+          s = parseVarStore(b);
+        } catch (e) {
+          assert.ok(e instanceof VarStoreError && e.offset !== undefined, String(e));
+          refused++;
+          continue;
+        }
+        const got = new Set(liveRows(s).map((x) => x.split("=")[0]));
+        if (f === 2) continue; // a State flip to another state edk2 writes is a legitimate store
+        for (const row of expected) assert.ok(got.has(row.split("=")[0]!), `flip 0x${bit.toString(16)} at 0x${(r.offset + f).toString(16)} lost ${row.split("=")[0]}`);
+      }
+    }
+  }
+  assert.ok(refused > good.records().length * 20, `${refused} refusals`);
+  assert.equal(pk.name, "PK");
+});
+
+test("C.8: bytes after the last record that are not erased make the store damaged, named with their offset; never compacted", () => {
+  const s0 = parseVarStore(buildVarStoreImage(1024));
   s0.set("A", TEST_GUID, 7, bytes(1));
   const buf = s0.toBuffer();
-  buf[s0.layout.variablesEnd - 10] = 0x00; // garbage in the erased area
-  const s = parseVarStore(buf);
-  const r = s.set("B", TEST_GUID, 7, bytes(2));
-  assert.equal(r.compacted, true);
-  const out = s.toBuffer();
-  assert.equal(out[s.layout.variablesEnd - 10], 0xff);
-  assert.deepEqual(s.list().map((v) => v.name), ["A", "B"]);
+  const at = s0.layout.variablesEnd - 10;
+  buf[at] = 0x00;
+  assert.throws(() => parseVarStore(buf, { path: "/vm/nvram.fd" }), (e: unknown) =>
+    e instanceof VarStoreError && e.code === "UNERASED_FREE_SPACE" && e.offset === at && e.path === "/vm/nvram.fd" &&
+    e.message.startsWith("/vm/nvram.fd: ") && e.message.includes(`byte 0x${at.toString(16).toUpperCase()}`));
+  // A store whose free space was zero-filled (as ovmfctl once wrote them) hides nothing, but
+  // nothing tells it from a zeroed-out tail of variables either: refused the same way.
+  const zeroed = s0.toBuffer();
+  const end = s0.layout.variablesEnd - s0.freeBytes();
+  zeroed.fill(0, end, s0.layout.variablesEnd);
+  assert.throws(() => parseVarStore(zeroed), (e: unknown) => e instanceof VarStoreError && e.code === "UNERASED_FREE_SPACE" && e.offset === end);
+  // Alignment padding is erased flash edk2 never programs: anything else there is damage too.
+  const s1 = parseVarStore(buildVarStoreImage(1024));
+  s1.set("Odd", TEST_GUID, 7, bytes(1)); // 60 + 8 + 1: three bytes of padding
+  const padded = s1.toBuffer();
+  const rec = s1.records()[0]!;
+  padded[rec.offset + rec.size + 1] = 0;
+  assert.throws(() => parseVarStore(padded), (e: unknown) => e instanceof VarStoreError && e.code === "BAD_PADDING" && e.offset === rec.offset + rec.size + 1);
+});
+
+test("C.8: a State byte edk2 cannot write, a name SetVariable cannot write, or a record past the end are refused with offsets", () => {
+  const s = parseVarStore(buildVarStoreImage(1024));
+  s.set("A", TEST_GUID, 7, bytes(1, 2, 3, 4));
+  const good = s.toBuffer();
+  const off = s.records()[0]!.offset;
+  for (const state of [0x1f, 0x00, 0xbf, 0xfe, 0x7e]) {
+    const b = good.slice();
+    b[off + 2] = state;
+    assert.throws(() => parseVarStore(b), (e: unknown) => e instanceof VarStoreError && e.code === "BAD_STATE" && e.offset === off + 2, `state 0x${state.toString(16)}`);
+  }
+  const noNul = good.slice();
+  noNul[off + 60 + 2] = 0x41; // "A\0" -> "AA": no terminator
+  assert.throws(() => parseVarStore(noNul), (e: unknown) => e instanceof VarStoreError && e.code === "BAD_NAME" && e.offset === off + 60);
+  const huge = good.slice();
+  new DataView(huge.buffer).setUint32(off + 40, 0x10000, true);
+  assert.throws(() => parseVarStore(huge), (e: unknown) => e instanceof VarStoreError && e.code === "BAD_VARIABLE" && e.offset === off);
+});
+
+test("an append cut short (State still 0xFF, or a lone start byte) is what edk2 reclaims at start: read, reported, reclaimed before the next write", () => {
+  const s0 = parseVarStore(buildVarStoreImage(2048));
+  s0.set("A", TEST_GUID, 7, bytes(1));
+  const before = s0.toBuffer();
+  const end = s0.layout.variablesEnd - s0.freeBytes();
+  s0.set("B", TEST_GUID, 7, new Uint8Array(40).fill(7));
+  const full = s0.toBuffer();
+  // QEMU killed while OVMF programmed B byte by byte: header, name and part of the data, no State.
+  const cut = before.slice();
+  cut.set(full.subarray(end, end + 60 + 4 + 20), end);
+  cut[end + 2] = 0xff;
+  const s = parseVarStore(cut);
+  assert.deepEqual(s.interruptedWrite(), { offset: end, length: 60 + 4 + 40 });
+  assert.deepEqual(s.list().map((v) => v.name), ["A"]);
+  assert.deepEqual(s.toBuffer(), cut);
+  const r = s.set("C", TEST_GUID, 7, bytes(3));
+  assert.equal(r.compacted, true, "reclaimed first, as edk2 would at its next start");
+  assert.equal(s.interruptedWrite(), null);
+  assert.deepEqual(parseVarStore(s.toBuffer()).list().map((v) => v.name), ["A", "C"]);
+  // One byte of the start mark written.
+  const oneByte = before.slice();
+  oneByte[end] = 0xaa;
+  assert.deepEqual(parseVarStore(oneByte).interruptedWrite(), { offset: end, length: 1 });
+  // The same unfinished record followed by more data is not an interrupted append: damage.
+  const more = cut.slice();
+  more[end + 60 + 40 + 64] = 0x12;
+  assert.throws(() => parseVarStore(more), (e: unknown) => e instanceof VarStoreError && e.code === "UNERASED_FREE_SPACE");
 });
 
 test("compact(): live variables only, in place, same values", () => {
@@ -267,6 +389,7 @@ test("header validation gives typed errors", () => {
     ["header length", mutate((b, dv) => dv.setUint16(0x30, 0x47, true)), "BAD_FV_HEADER_LENGTH"],
     ["revision", mutate((b, dv) => { b[0x37] = 1; fixSum(b, dv); }), "BAD_FV_REVISION"],
     ["fv length", mutate((b, dv) => { dv.setBigUint64(0x20, 0x40000n, true); fixSum(b, dv); }), "BAD_FV_LENGTH"],
+    ["fv shorter than the file", mutate((b, dv) => { dv.setBigUint64(0x20, 0x1f000n, true); dv.setUint32(0x38, 0x1f, true); fixSum(b, dv); }), "BAD_FV_LENGTH"],
     ["block map", mutate((b, dv) => { dv.setUint32(0x38, 0x1f, true); fixSum(b, dv); }), "BAD_FV_BLOCKMAP"],
     ["store guid", mutate((b) => (b[0x48] = b[0x48]! ^ 1)), "BAD_STORE_SIGNATURE"],
     ["store size", mutate((b, dv) => dv.setUint32(0x48 + 16, 0x30000, true)), "BAD_STORE_SIZE"],
@@ -323,4 +446,31 @@ test("file helpers: atomic write in the same directory, mode kept, damaged files
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
+});
+
+test("C.8: a store is checked against the firmware build it is used with; a mismatch names both sizes", async () => {
+  const code4m = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+  const code2m = "/usr/share/OVMF/OVMF_CODE.fd";
+  // Debian's files are the sizes OvmfPkgDefines.fdf.inc gives.
+  assert.equal((await stat(code4m)).size, OVMF_FLASH_BUILDS.find((b) => b.name === "4M")!.codeSize);
+  assert.equal((await stat(code2m)).size, OVMF_FLASH_BUILDS.find((b) => b.name === "2M")!.codeSize);
+  assert.equal((await checkVarStoreFileForFirmware("/usr/share/OVMF/OVMF_VARS_4M.fd", code4m)).name, "4M");
+  assert.equal(checkVarStoreForFirmware(parseVarStore(fixture("ovmf2m.fd")), 0x1e0000).name, "2M");
+  assert.equal(checkVarStoreForFirmware(parseVarStore(fixture("ovmf2m.fd")), 0xe0000).name, "1M");
+  // The issue's example: a 128 KiB store from a 2M build with the 4M code.
+  await assert.rejects(checkVarStoreFileForFirmware("/usr/share/OVMF/OVMF_VARS.fd", code4m), (e: unknown) => {
+    assert.ok(e instanceof VarStoreError && e.code === "FIRMWARE_MISMATCH");
+    assert.match(e.message, /OVMF_VARS\.fd \(131072 bytes, the 1M\/2M build's\)/);
+    assert.match(e.message, /OVMF_CODE_4M\.fd \(3653632 bytes, the 4M build's\)/);
+    assert.match(e.message, /540672-byte store/);
+    assert.match(e.message, /nothing would persist/);
+    return true;
+  });
+  assert.throws(() => checkVarStoreForFirmware(parseVarStore(fixture("ovmf4m.fd")), 0x1e0000), (e: unknown) =>
+    e instanceof VarStoreError && e.code === "FIRMWARE_MISMATCH" && /540672 bytes/.test(e.message) && /1966080 bytes/.test(e.message));
+  assert.throws(() => checkVarStoreForFirmware(parseVarStore(fixture("ovmf4m.fd")), 12345), /none of the OVMF builds/);
+  // Right size, wrong inside: a small synthetic store padded to 128 KiB has another region size.
+  const odd = parseVarStore(buildVarStoreImage(0x20000 - 0x48 - 28 - 0x1000, 0x1000));
+  assert.equal(odd.layout.fileSize, 0x20000);
+  assert.throws(() => checkVarStoreForFirmware(odd, 0x1e0000), /variable region ends at 126976, the 2M build's at 57344/);
 });

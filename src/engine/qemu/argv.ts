@@ -34,8 +34,12 @@ export interface EngineOptions {
   /** Gen1 BIOS image; QEMU's default SeaBIOS when absent. */
   bios?: string;
   networks?: Record<string, NetAttachment>;
-  /** Start waiting for an incoming migration stream (used to restore saved state). */
+  /** Start waiting for an incoming migration stream (used to restore saved state, and for live migration). */
   incoming?: string;
+  /** Start with the guest paused (`-S`): an incoming migration then waits for `cont` once the state is in. */
+  paused?: boolean;
+  /** `-object` definitions (e.g. the TLS credentials of a live migration), as QEMU option strings. */
+  objects?: string[];
   /** Extra fw_cfg string items, e.g. OVMF network-boot switches. */
   fwCfg?: Record<string, string>;
 }
@@ -234,6 +238,17 @@ export function buildArgv(vm: VmConfig, paths: RuntimePaths, opts: EngineOptions
     a.push("-device", nicDevice(nic, boot.get(`nic:${nic.pciSlot}`)));
   }
 
+  for (const o of opts.objects ?? []) a.push("-object", o);
+  if (opts.paused) a.push("-S");
   if (opts.incoming) a.push("-incoming", opts.incoming);
   return a;
+}
+
+/**
+ * The `-object` of QEMU's x509 TLS credentials (crypto/tlscredsx509.c): `dir` holds ca-cert.pem and
+ * server-cert.pem/server-key.pem (endpoint server) or client-cert.pem/client-key.pem (client);
+ * the server verifies the client's certificate against the CA.
+ */
+export function tlsCredsObject(id: string, dir: string, endpoint: "server" | "client"): string {
+  return `tls-creds-x509,id=${optValue(id)},dir=${optValue(dir)},endpoint=${endpoint},verify-peer=${endpoint === "server" ? "on" : "off"}`;
 }

@@ -68,6 +68,16 @@ export interface BlockJobInfo {
   error?: string;
 }
 
+/** One job of query-jobs (JobInfo). */
+export interface JobInfo {
+  id: string;
+  type: string;
+  status: "undefined" | "created" | "running" | "paused" | "ready" | "standby" | "waiting" | "pending" | "aborting" | "concluded" | "null";
+  "current-progress": number;
+  "total-progress": number;
+  error?: string;
+}
+
 /** One node of query-named-block-nodes (BlockDeviceInfo), the fields vmhost reads. */
 export interface BlockNodeInfo {
   "node-name": string;
@@ -76,6 +86,14 @@ export interface BlockNodeInfo {
   ro: boolean;
   "backing_file"?: string;
   "backing_file_depth": number;
+}
+
+/** One entry of query-block (BlockInfo): a drive, the device it is attached to, and its top node. */
+export interface BlockInfo {
+  device: string;
+  /** The device's qdev id or QOM path. */
+  qdev?: string;
+  inserted?: { "node-name": string; file: string; drv: string; ro: boolean };
 }
 
 /** The transaction actions vmhost uses (qapi/transaction.json). */
@@ -179,7 +197,7 @@ export class QemuMonitor extends EventEmitter<{ event: [QmpEvent]; close: [] }> 
   migrateCancel(): Promise<void> {
     return this.qmp.execute("migrate_cancel");
   }
-  migrateSetParameters(p: { "max-bandwidth"?: number; "downtime-limit"?: number; "tls-creds"?: string; "tls-hostname"?: string }): Promise<void> {
+  migrateSetParameters(p: { "max-bandwidth"?: number; "downtime-limit"?: number; "tls-creds"?: string; "tls-hostname"?: string; "tls-authz"?: string }): Promise<void> {
     return this.qmp.execute("migrate-set-parameters", p);
   }
   migrateSetCapabilities(caps: { capability: string; state: boolean }[]): Promise<void> {
@@ -202,6 +220,9 @@ export class QemuMonitor extends EventEmitter<{ event: [QmpEvent]; close: [] }> 
   transaction(actions: TransactionAction[]): Promise<void> {
     return this.qmp.execute("transaction", { actions });
   }
+  queryBlock(): Promise<BlockInfo[]> {
+    return this.qmp.execute("query-block");
+  }
   queryNamedBlockNodes(): Promise<BlockNodeInfo[]> {
     return this.qmp.execute("query-named-block-nodes", { flat: true });
   }
@@ -223,6 +244,10 @@ export class QemuMonitor extends EventEmitter<{ event: [QmpEvent]; close: [] }> 
   blockJobComplete(device: string): Promise<void> {
     return this.qmp.execute("block-job-complete", { device });
   }
+  /** query-jobs (qapi/job.json): every job with its status ("running", "ready", "concluded", ...) and progress. */
+  queryJobs(): Promise<JobInfo[]> {
+    return this.qmp.execute("query-jobs");
+  }
   jobDismiss(id: string): Promise<void> {
     return this.qmp.execute("job-dismiss", { id });
   }
@@ -243,6 +268,15 @@ export class QemuMonitor extends EventEmitter<{ event: [QmpEvent]; close: [] }> 
     return this.qmp.execute("device_del", { id });
   }
 
+  // ---- objects (qapi/qom.json) ----
+  /** object-add of x509 TLS credentials (a live migration's, on the sending side). */
+  objectAddTlsCreds(id: string, dir: string, endpoint: "server" | "client"): Promise<void> {
+    return this.qmp.execute("object-add", { "qom-type": "tls-creds-x509", id, dir, endpoint, "verify-peer": endpoint === "server" });
+  }
+  objectDel(id: string): Promise<void> {
+    return this.qmp.execute("object-del", { id });
+  }
+
   // ---- NBD (qapi/block-export.json) ----
   nbdServerStart(addr: { type: "inet"; host: string; port: string } | { type: "unix"; path: string }, tlsCreds?: string): Promise<void> {
     return this.qmp.execute("nbd-server-start", { addr: addr.type === "inet" ? { type: "inet", data: { host: addr.host, port: addr.port } } : { type: "unix", data: { path: addr.path } }, ...(tlsCreds ? { "tls-creds": tlsCreds } : {}) });
@@ -252,5 +286,8 @@ export class QemuMonitor extends EventEmitter<{ event: [QmpEvent]; close: [] }> 
   }
   blockExportAdd(id: string, nodeName: string, writable: boolean): Promise<void> {
     return this.qmp.execute("block-export-add", { type: "nbd", id, "node-name": nodeName, writable });
+  }
+  blockExportDel(id: string): Promise<void> {
+    return this.qmp.execute("block-export-del", { id, mode: "hard" });
   }
 }

@@ -77,7 +77,7 @@ if grep -qx 0x0003 /sys/bus/virtio/devices/*/device 2>/dev/null; then
 fi
 if [ -n "$qga_port" ]; then
   mkdir -p /run/qemu-ga
-  (while :; do qemu-ga -m virtio-serial -p "$qga_port" -t /run/qemu-ga -l /run/qemu-ga.log; sleep 1; done) </dev/null >/dev/null 2>&1 &
+  (while :; do qemu-ga -m virtio-serial -p "$qga_port" -t /run/qemu-ga -l /run/qemu-ga.log -F/etc/qemu/fsfreeze-hook; sleep 1; done) </dev/null >/dev/null 2>&1 &
 fi
 
 echo "${READY_LINE}"
@@ -105,6 +105,18 @@ done
 echo "vmhost-appliance: shutdown $* -> $action" >/dev/console
 sync
 exec /bin/busybox "$action" -f
+`;
+}
+
+/**
+ * qemu-ga's fsfreeze hook (`-F`, qemu-ga(8)): run with "freeze" before the file systems are
+ * frozen and "thaw" after they are thawed, so the guest's own log (its console) shows both, as a
+ * VSS writer's log does on Windows.
+ */
+export function fsfreezeHookScript(): string {
+  return `#!/bin/sh
+echo "vmhost-appliance: fsfreeze-hook $1" >/dev/console
+exit 0
 `;
 }
 

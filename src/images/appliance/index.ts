@@ -38,7 +38,7 @@ import { syncDir, writeFileAtomic } from "../../util/atomic.js";
  * Bump when the build changes in a way the hashed inputs do not show (disk layout, archive
  * contents, tools' arguments). Text files of the guest are hashed by content already.
  */
-export const BUILDER_VERSION = 2;
+export const BUILDER_VERSION = 3;
 
 export interface ApplianceManifest {
   formatVersion: 1;

@@ -10,6 +10,7 @@ import {
   initScript,
   osRelease,
   powerButtonScript,
+  fsfreezeHookScript,
   shutdownScript,
   udhcpcScript,
 } from "./guest-files.js";
@@ -61,6 +62,7 @@ export async function buildInitramfs(i: InitramfsInputs): Promise<Initramfs> {
 
   t.file("init", initScript({ kernelRelease: i.kernelRelease }), 0o755);
   t.file("sbin/shutdown", shutdownScript(), 0o755);
+  t.file("etc/qemu/fsfreeze-hook", fsfreezeHookScript(), 0o755);
   for (const a of ["poweroff", "reboot", "halt"] as const) t.file(`sbin/${a}`, forcedPowerScript(a), 0o755);
   t.file("etc/acpi/PWRF/00000080", powerButtonScript(), 0o755);
   t.file("etc/udhcpc/default.script", udhcpcScript(), 0o755);

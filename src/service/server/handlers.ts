@@ -1,5 +1,6 @@
 import { rm } from "node:fs/promises";
 import type { TLSSocket } from "node:tls";
+import { routes } from "../../api/contract.js";
 import { openApiDocument } from "../../api/openapi.js";
 import type { VmView } from "../../api/views.js";
 import { ensureAppliance } from "../../images/appliance/index.js";
@@ -36,6 +37,25 @@ export const copyFileJob = defineJob<
   },
 });
 
+/** Restore-VMSnapshot as a job: not cancellable (QEMU is stopped and restarted on the checkpoint's files). */
+export const checkpointApplyJob = defineJob<{ host: VmHost; vm: string; checkpoint: string; checkpointCurrent: boolean }, unknown>({
+  kind: "checkpoint-apply",
+  cancellable: false,
+  run: async (ctx, i) => {
+    ctx.progress(0, 1, "applying");
+    const r = await i.host.checkpoints.apply(i.vm, i.checkpoint, { checkpointCurrent: i.checkpointCurrent });
+    ctx.progress(1, 1, "applied");
+    return r;
+  },
+});
+
+/** Remove-VMSnapshot as a job: a merge with progress (per mille); not cancellable, a removal once begun is finished (also by a restarted vmhostd). */
+export const checkpointRemoveJob = defineJob<{ host: VmHost; vm: string; checkpoint: string; subtree: boolean }, unknown>({
+  kind: "checkpoint-remove",
+  cancellable: false,
+  run: (ctx, i) => i.host.checkpoints.remove(i.vm, i.checkpoint, { subtree: i.subtree }, (fraction, what) => ctx.progress(Math.round(Math.min(1, fraction) * 1000), 1000, what)),
+});
+
 /** Get-VM's view as this caller may see it: host paths only for local callers. */
 async function view(c: HandlerContext, vm: VmConfig): Promise<VmView> {
   const v = await c.host.vms.view(vm);
@@ -48,7 +68,8 @@ async function state(p: Promise<string>): Promise<{ state: VmView["state"] }> {
   return { state: (await p) as VmView["state"] };
 }
 
-const owner = (c: HandlerContext, vm?: string) => ({ by: c.caller.name, role: "administrator" as const, ...(vm ? { vm } : {}) });
+/** Who started a job, and the least role that may cancel it: the role of the route that started it. */
+const owner = (c: HandlerContext, vm?: string) => ({ by: c.caller.name, role: routes[c.route].role === "operator" ? ("operator" as const) : ("administrator" as const), ...(vm ? { vm } : {}) });
 
 /** vmhostd's handler of every route of the contract (src/api/contract.ts). */
 export const handlers: Handlers = {
@@ -97,6 +118,18 @@ export const handlers: Handlers = {
   "firmware.get": (c, { params }) => c.host.firmware.view(params.vm),
   "firmware.set": (c, { params, body }) => c.host.firmware.set(params.vm, body),
   "firmware.reset": (c, { params }) => c.host.firmware.reset(params.vm),
+
+  "checkpoints.list": (c, { params }) => c.host.checkpoints.list(params.vm),
+  "checkpoints.create": (c, { params, body }) => c.host.checkpoints.create(params.vm, body.name === undefined ? {} : { name: body.name }),
+  "checkpoints.apply": async (c, { params, body }) => {
+    const vm = await c.host.vms.get(params.vm);
+    return c.jobs.start(checkpointApplyJob, { host: c.host, vm: vm.id, ...body }, owner(c, vm.name));
+  },
+  "checkpoints.remove": async (c, { params, body }) => {
+    const vm = await c.host.vms.get(params.vm);
+    return c.jobs.start(checkpointRemoveJob, { host: c.host, vm: vm.id, ...body }, owner(c, vm.name));
+  },
+  "checkpoints.rename": (c, { params, body }) => c.host.checkpoints.rename(params.vm, body.checkpoint, body.name),
 
   "integration.list": (c, { params }) => c.host.integration.list(params.vm),
   "integration.set": (c, { params, body }) => c.host.integration.setEnabled(params.vm, body.service, body.enabled),

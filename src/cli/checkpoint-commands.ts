@@ -4,7 +4,6 @@ import { VmhostError } from "../util/errors.js";
 import { out } from "./args.js";
 import type { Connection } from "./connection.js";
 import { changeCommand, readCommand, type CliContext } from "./context.js";
-import { ProgressBar } from "./progress.js";
 
 /** The checkpoint commands (Checkpoint-VM, Get-VMSnapshot, Restore-, Remove-, Rename-VMSnapshot); apply and remove are jobs with progress. */
 
@@ -50,11 +49,13 @@ class Bar {
     if (this.last) process.stderr.write("\n");
   }
 }
-void ProgressBar;
 
 export function checkpointCommands(program: Command, ctx: CliContext): void {
   const cp = program.command("checkpoint").description("checkpoints (Checkpoint-VM, Get-VMSnapshot, Restore-/Remove-/Rename-VMSnapshot); a checkpoint is named by its name or id");
-  changeCommand(cp, "create", "take a checkpoint (the default: vmhost checkpoint NAME [--name CP]); its type follows set NAME --checkpoint-type", )
+  // `vmhost checkpoint NAME` takes a checkpoint, as before: create is the default subcommand.
+  cp.command("create", { isDefault: true })
+    .description("take a checkpoint (the default: vmhost checkpoint NAME [--name CP]); its type follows set NAME --checkpoint-type")
+    .option("--json", "print the reply as JSON")
     .argument("<name>", "VM name or id")
     .option("--name <checkpoint>", "the checkpoint's name")
     .action(async (vm: string, o: { name?: string; json?: boolean }) => {
@@ -64,8 +65,6 @@ export function checkpointCommands(program: Command, ctx: CliContext): void {
         for (const m of r.messages) console.log(`  ${m}`);
       });
     });
-  // `vmhost checkpoint NAME` takes a checkpoint, as before.
-  (cp as unknown as { _defaultCommandName: string })._defaultCommandName = "create";
   readCommand(cp, "list", "the checkpoint tree")
     .argument("<name>", "VM name or id")
     .action(async (vm: string, o: { json?: boolean }) => {

@@ -11,8 +11,9 @@ import type { RouteDef } from "../../src/api/contract.js";
 import { AuditEntry } from "../../src/api/views.js";
 import { defineJob } from "../../src/service/server/jobs.js";
 import { startServer, type VmhostServer } from "../../src/service/server/index.js";
-import { buildApp, serverOptions } from "../../src/service/server/app.js";
+import { buildApp, closeApp, serverOptions } from "../../src/service/server/app.js";
 import { handlers } from "../../src/service/server/handlers.js";
+import { HttpsListener } from "../../src/service/server/listen.js";
 import { createServer } from "node:http";
 import { VmHost } from "../../src/service/vmhost.js";
 
@@ -359,6 +360,23 @@ test("connections are capped: past the cap a connection is closed at once; then 
     clients.push(c);
     assert.deepEqual(await c.api.vms.list(), []);
   } finally {
-    await app.close();
+    await closeApp(app, server);
+  }
+});
+
+test("the HTTPS listener's address is kept: a restarted vmhostd listens again", async () => {
+  const saved = JSON.parse(await readFile(join(home, "host", "listen.json"), "utf8")) as { address: string };
+  assert.equal(saved.address, "127.0.0.1:0");
+  const deps = { host, access: srv.access, audit: srv.audit, sessions: srv.sessions, jobs: srv.jobs, mediaDir: join(home, "media"), uploadDir: join(home, "host", "uploads"), log: () => undefined };
+  const again = new HttpsListener(deps, handlers, join(home, "host", "listen.json"), LIMITS);
+  await again.restore();
+  try {
+    const v = await again.view();
+    assert.equal(v.listening, true);
+    const c = new VmhostClient(httpsTransport({ url: `https://127.0.0.1:${v.port}`, serverCertificate, token: tokens["reader"]! }));
+    clients.push(c);
+    assert.equal((await c.api.session.whoami()).identity.role, "reader");
+  } finally {
+    await again.close();
   }
 });

@@ -304,6 +304,18 @@ export async function buildApp(deps: ServerDeps, handlers: Handlers, transport: 
   return app;
 }
 
+/**
+ * Stops an app and the node server it runs on: vmhostd listens on its servers itself, so
+ * Fastify's close() does not close them; open connections (keep-alive, streams, consoles) are
+ * closed too, so nothing outlives the service.
+ */
+export async function closeApp(app: FastifyInstance, server: HttpServer): Promise<void> {
+  await app.close();
+  const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+  server.closeAllConnections();
+  await closed;
+}
+
 function context(deps: ServerDeps, transport: Transport, req: FastifyRequest, st: RequestState, reply: FastifyReply): HandlerContext {
   return {
     ...deps,

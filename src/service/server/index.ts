@@ -4,7 +4,7 @@ import { join } from "node:path";
 import type { FastifyInstance } from "fastify";
 import type { VmHost } from "../vmhost.js";
 import { AccessStore } from "./access.js";
-import { buildApp, DEFAULT_LIMITS, serverOptions, type ServerLimits } from "./app.js";
+import { buildApp, closeApp, DEFAULT_LIMITS, serverOptions, type ServerLimits } from "./app.js";
 import { AuditLog } from "./audit.js";
 import { handlers } from "./handlers.js";
 import { JobRegistry } from "./jobs.js";
@@ -93,7 +93,7 @@ export async function startServer(
     ...(gid !== undefined ? { socketGid: gid } : {}),
     close: async () => {
       await https.close();
-      await unix.close();
+      await closeApp(unix, server);
       await rm(serviceSocket, { force: true });
     },
   };

@@ -4,7 +4,7 @@ import type { FastifyInstance } from "fastify";
 import { z } from "zod";
 import { writeFileAtomic } from "../../util/atomic.js";
 import { VmhostError } from "../../util/errors.js";
-import { buildApp, DEFAULT_LIMITS, serverOptions, type Handlers, type ListenerControl, type ServerDeps, type ServerLimits } from "./app.js";
+import { buildApp, closeApp, DEFAULT_LIMITS, serverOptions, type Handlers, type ListenerControl, type ServerDeps, type ServerLimits } from "./app.js";
 
 /** "host:port" as `vmhost service listen` takes it: ":8443" (every address), "127.0.0.1:8443", "[::1]:8443", "8443"; port 0 picks a free one (tests). */
 export function parseListenAddress(text: string): { host: string | undefined; port: number } {
@@ -108,7 +108,7 @@ export class HttpsListener implements ListenerControl {
       );
       server.listen({ port, ...(host ? { host } : {}) }, () => resolve());
     }).catch(async (err) => {
-      await app.close().catch(() => undefined);
+      await closeApp(app, server).catch(() => undefined);
       throw err;
     });
     server.on("error", (err) => this.deps.log(`HTTPS listener: ${err.message}`));
@@ -121,8 +121,9 @@ export class HttpsListener implements ListenerControl {
 
   private async stop(): Promise<void> {
     const app = this.app;
+    const server = this.server;
     this.app = undefined;
     this.server = undefined;
-    if (app) await app.close();
+    if (app && server) await closeApp(app, server);
   }
 }

@@ -115,6 +115,15 @@ test("parameters, query and body are validated from the contract; the 400 names 
   assert.equal(bad.status, 400);
 });
 
+test("console WebSockets: a VM that is not there or not running is a plain HTTP error before any upgrade", async () => {
+  await assert.rejects(local.api.vms.serialConsole({ vm: "no such vm" }), (e: ApiError) => e.status === 404);
+  await local.api.vms.create({ name: "off vm", generation: 2 });
+  await assert.rejects(local.api.vms.serialConsole({ vm: "off vm" }), (e: ApiError) => e.status === 409 && /is not running/.test(e.message));
+  await assert.rejects(remote({ token: tokens["operator"] }).api.vms.graphicalConsole({ vm: "off vm" }), (e: ApiError) => e.status === 409);
+  await assert.rejects(remote({ token: tokens["reader"] }).api.vms.serialConsole({ vm: "off vm" }), (e: ApiError) => e.status === 403);
+  await local.api.vms.remove({ vm: "off vm" });
+});
+
 test("VMs named with spaces and any Unicode are reached by name and by id, URL-encoded", async () => {
   const name = "Ünïcode VM 日本 🚀 / x";
   const vm = await local.api.vms.create({ name: name.replace(" / x", ""), generation: 2 });

@@ -5,6 +5,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
 import { connect as tlsConnect } from "node:tls";
+import { WebSocket } from "ws";
 import { VmhostClient, ApiError, routes, routeIds, buildPath, roleAllows, type RouteId } from "../../packages/sdk/src/index.js";
 import { enroll, fetchPinnedCertificate, httpsTransport, unixTransport } from "../../packages/sdk/src/node.js";
 import type { RouteDef } from "../../src/api/contract.js";
@@ -248,6 +249,22 @@ test("browser sessions: HttpOnly SameSite=Strict cookie, CSRF header on changes,
   assert.equal(noCsrf.data.error!.code, "csrf");
   assert.equal((await raw(anon, "POST", "/v1/vms/nothing/start", {}, { cookie: jar, "x-csrf-token": "wrong" })).status, 403);
   assert.equal((await raw(anon, "POST", "/v1/vms/nothing/start", {}, { cookie: jar, "x-csrf-token": csrf })).status, 404);
+  // The consoles: a browser cannot send the CSRF header on an upgrade; its Origin must be this server.
+  const upgrade = (origin: string | undefined) =>
+    new Promise<number>((resolve, reject) => {
+      const ws = new WebSocket(`wss://127.0.0.1:${new URL(url).port}/v1/vms/nothing/console/serial`, {
+        ca: serverCertificate,
+        // Pinned by the CA above; its names need not match 127.0.0.1.
+        checkServerIdentity: (() => undefined) as never,
+        headers: { cookie: jar, ...(origin ? { origin } : {}) },
+      });
+      ws.on("unexpected-response", (_req, res) => resolve(res.statusCode ?? 0));
+      ws.on("open", () => reject(new Error("upgraded")));
+      ws.on("error", () => undefined);
+    });
+  assert.equal(await upgrade("https://evil.example"), 403);
+  assert.equal(await upgrade(undefined), 403);
+  assert.equal(await upgrade(url), 404, "from this server's own origin the request reaches the handler");
   await local.api.tokens.remove({ name: "web" });
   assert.equal((await raw(anon, "GET", "/v1/vms", undefined, { cookie: jar })).status, 401);
 });

@@ -219,7 +219,17 @@ export async function buildApp(deps: ServerDeps, handlers: Handlers, transport: 
     if (def.localOnly && transport !== "unix") {
       throw new VmhostError("local-only", `${req.method} ${def.path} takes or gives host paths and is for local callers only (on the host, over the unix socket)`, 403);
     }
-    if (st.caller.kind === "session" && def.change && !csrfMatches(deps.sessions.get(st.sessionId!)!, headerOf(req, CSRF_HEADER))) {
+    if (st.caller.kind === "session" && def.kind === "websocket") {
+      // A browser cannot add headers to a WebSocket upgrade; it always sends Origin, which must be this server.
+      const origin = headerOf(req, "origin");
+      let host: string | undefined;
+      try {
+        host = origin ? new URL(origin).host : undefined;
+      } catch {
+        host = undefined;
+      }
+      if (!host || host !== headerOf(req, "host")) throw new VmhostError("origin", `a console opened with a browser session must come from this server's own pages (Origin ${origin ?? "missing"})`, 403);
+    } else if (st.caller.kind === "session" && def.change && !csrfMatches(deps.sessions.get(st.sessionId!)!, headerOf(req, CSRF_HEADER))) {
       throw new VmhostError("csrf", `a change made with a browser session needs the ${CSRF_HEADER} header login returned`, 403);
     }
   });

@@ -5,7 +5,7 @@
  *      median of N calls each. Target: HTTPS <= 1.5x the unix socket.
  *  (2) Serial console keystroke echo through vmhostd's WebSocket against QEMU's serial socket
  *      directly: one key to the guest's shell, timed until its echo comes back (the guest's tty
- *      echoes it), then a backspace to keep the line clean. QEMU serves one serial client at a
+ *      echoes it); each round's line of keys then runs as an unknown command. QEMU serves one serial client at a
  *      time, so the two alternate in rounds of 20 keys. One appliance VM boots (TCG here).
  *
  *   node dist/bench/api.js [calls=2000] [keys=200]
@@ -50,28 +50,50 @@ class Echo {
       w.resolve();
     }
   }
-  wait(text: string): Promise<void> {
+  /** Resolves when `text` has arrived; rejects after `timeoutMs`. */
+  wait(text: string, timeoutMs = 10_000): Promise<void> {
     if (this.buf.includes(text)) {
       this.buf = "";
       return Promise.resolve();
     }
-    return new Promise((resolve) => (this.waiter = { text, resolve }));
+    return new Promise((resolve, reject) => {
+      const t = setTimeout(() => {
+        this.waiter = undefined;
+        reject(new Error(`no ${JSON.stringify(text)} from the guest within ${timeoutMs} ms`));
+      }, timeoutMs);
+      this.waiter = { text, resolve: () => (clearTimeout(t), resolve()) };
+    });
   }
   clear(): void {
     this.buf = "";
   }
 }
 
+/** Until the shell answers with its prompt: keys typed while it starts are flushed by it. */
+async function prompt(send: (b: Buffer) => void, echo: Echo): Promise<void> {
+  for (let i = 0; ; i++) {
+    echo.clear();
+    send(Buffer.from("\r"));
+    try {
+      await echo.wait("~# ", 2000);
+      return;
+    } catch (err) {
+      if (i === 30) throw err;
+    }
+  }
+}
+
 async function keys(send: (b: Buffer) => void, echo: Echo, n: number, xs: number[]): Promise<void> {
+  await prompt(send, echo);
   for (let i = 0; i < n; i++) {
     echo.clear();
     const t = now();
     send(Buffer.from("k"));
     await echo.wait("k");
     xs.push(now() - t);
-    send(Buffer.from([0x7f]));
-    await echo.wait("\b \b");
   }
+  // The line of k's runs as a command nobody has; the prompt comes back.
+  await prompt(send, echo);
 }
 
 async function consoleEcho(host: TestHost, client: VmhostClient): Promise<{ ws: number[]; raw: number[] }> {

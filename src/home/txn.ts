@@ -82,6 +82,7 @@ export class FileTransaction {
    */
   async write(target: string, data: string | Uint8Array, mode = 0o600): Promise<void> {
     const staged = await this.stagePath(target);
+    await mkdir(dirname(staged), { recursive: true, mode: 0o700 });
     const tmp = `${staged}.tmp`;
     await rm(tmp, { force: true });
     const fh = await open(tmp, "wx", mode);
@@ -114,6 +115,16 @@ export class FileTransaction {
   /** The files this change created at their final places (for a recovery's roll-forward condition). */
   get createdFiles(): readonly string[] {
     return this.plan.created;
+  }
+
+  /** Takes `target` out of the change again (its producer failed): its staged file, if any, goes. */
+  async unstage(target: string): Promise<void> {
+    const i = this.plan.staged.findIndex((s) => s.target === target);
+    if (i < 0) return;
+    const staged = this.plan.staged[i]!.staged;
+    this.plan.staged.splice(i, 1);
+    await this.savePlan();
+    for (const p of [staged, `${staged}.tmp`, `${staged}.partial`]) await rm(p, { force: true });
   }
 
   /** Deletes `target` at commit (a missing target is fine). */

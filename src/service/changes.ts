@@ -53,6 +53,12 @@ export interface ChangeContext {
   restoresState?: boolean;
   /** Replaces the whole configuration being changed (applying a checkpoint); the id must stay. */
   replaceConfig(config: VmConfig): void;
+  /**
+   * The change has taken effect outside the files (a QEMU writes to what it created): a failure
+   * from here on does not roll it back (that would delete what the guest writes to); the journal
+   * is left for recovery, which finishes it.
+   */
+  pointOfNoReturn(): void;
 }
 
 /** A firmware operation on the NVRAM, as asked for (re-resolved against the store when applied). */
@@ -134,6 +140,7 @@ export class VmChanges extends EventEmitter<ChangeEvents> {
     const state = before ? await this.supervisor.state(before) : "Off";
     const running = before ? this.supervisor.isRunning(before.id) : false;
     const undo: (() => Promise<void>)[] = [];
+    let noReturn = false;
     const events: { type: string; message: string; data?: Record<string, unknown> }[] = [];
     const txn = await FileTransaction.begin(home.txnDir);
     const ctx: ChangeContext = {
@@ -153,6 +160,9 @@ export class VmChanges extends EventEmitter<ChangeEvents> {
         if (await pathExists(home.savedState)) return `VM "${vm.name}" is Saved: restoring its state writes the firmware's flash back`;
         return null;
       },
+      pointOfNoReturn: () => {
+        noReturn = true;
+      },
       replaceConfig: (config) => {
         if (config.id !== vm.id) throw new Error("replaceConfig: a change keeps the VM's id");
         for (const k of Object.keys(vm)) delete (vm as Record<string, unknown>)[k];
@@ -167,6 +177,11 @@ export class VmChanges extends EventEmitter<ChangeEvents> {
       if (!before || serializeConfig(before) !== serializeConfig(vm)) await txn.write(home.config, serializeConfig(vm));
       await txn.commit();
     } catch (err) {
+      if (noReturn) {
+        // Finished by recovery (rolled forward while the QEMU uses what the change made).
+        await this.recover(home).catch(() => undefined);
+        throw new VmhostError("change-finished-by-recovery", `the change had taken effect when it failed (${(err as Error).message}); it was completed from its journal`, 500);
+      }
       await txn.rollback().catch(() => undefined);
       for (const f of undo.reverse()) await f().catch(() => undefined);
       throw err;

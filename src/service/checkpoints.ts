@@ -63,8 +63,9 @@ export interface CheckpointResult {
   vm: string;
   checkpoint: CheckpointView;
   messages: string[];
-  /** How long the guest was paused for it (ms), when it was running. */
+  /** How long the guest was paused for it (ms), when it was running, and where that time went. */
   pausedMs?: number;
+  pause?: Record<string, number>;
 }
 
 const RemovalRecord = z.object({ checkpointId: z.string(), name: z.string(), steps: z.array(z.unknown()), tree: CheckpointTree }).strict();
@@ -192,6 +193,7 @@ export class CheckpointManager {
     let taken: Checkpoint | undefined;
     let newTree: CheckpointTree | undefined;
     let pausedMs: number | undefined;
+    let phases: Record<string, number> | undefined;
     const { vm, messages } = await this.changes.changeLocked(id, async (ctx) => {
       const vm = ctx.vm;
       const before = ctx.before!;
@@ -292,14 +294,18 @@ export class CheckpointManager {
               // Only what must be taken with the guest stopped: the NVRAM copy and the switch.
               await copyNvram();
               await this.switchToOverlays(mon, switches, blocks);
+              // QEMU writes the new overlays now: this change can only be finished, never undone.
+              ctx.pointOfNoReturn();
             },
             memory,
           );
           pausedMs = r.pausedMs;
+          phases = r.phases;
           if (memory && !r.stateError) {
             cp.hasMemory = true;
             await stageTree();
           } else if (r.stateError) {
+            if (memory) await ctx.txn.unstage(join(cpDir, "memory.bin"));
             ctx.messages.push(`the memory state could not be written (${r.stateError.message}); the checkpoint keeps the disks and NVRAM only`);
           }
         }
@@ -310,12 +316,13 @@ export class CheckpointManager {
           type,
           hasMemory: cp.hasMemory,
           ...(pausedMs !== undefined ? { pausedMs } : {}),
+          ...(phases ? { pause: phases } : {}),
         });
       } finally {
         if (frozen) await this.integration.thaw(vm.id).catch(() => undefined);
       }
     });
-    return { vm: vm.name, checkpoint: this.view(newTree!, taken!), messages, ...(pausedMs !== undefined ? { pausedMs } : {}) };
+    return { vm: vm.name, checkpoint: this.view(newTree!, taken!), messages, ...(pausedMs !== undefined ? { pausedMs } : {}), ...(phases ? { pause: phases } : {}) };
   }
 
   /** The running QEMU writes to the new overlays from now on: all disks in one QMP transaction. */

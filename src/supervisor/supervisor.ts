@@ -191,7 +191,10 @@ export class Supervisor extends EventEmitter<SupervisorEvents> {
    * the service did not finish recording), else any QEMU started with `-uuid <id>`.
    */
   private async findQemu(vm: VmConfig, record: RuntimeRecord | undefined, qemus: QemuProcess[]): Promise<QemuProcess | undefined> {
-    const ours = (p: QemuProcess) => qemuUuid(p.argv) === vm.id.toLowerCase();
+    // This VM's QEMU started by this home: its id and its QMP socket in this home's run
+    // directory (another home on the same machine, e.g. a migration's other end, has its own).
+    const runRoot = this.store.runRoot.endsWith("/") ? this.store.runRoot : this.store.runRoot + "/";
+    const ours = (p: QemuProcess) => qemuUuid(p.argv) === vm.id.toLowerCase() && (qemuQmpSocket(p.argv) ?? "").startsWith(runRoot);
     if (record?.pid && record.startTime !== undefined && (await isSameProcessAlive(record.pid, record.startTime))) {
       const argv = await processCmdline(record.pid);
       const p = { pid: record.pid, startTime: record.startTime, argv };
@@ -695,7 +698,7 @@ export class Supervisor extends EventEmitter<SupervisorEvents> {
     });
     await new Promise<void>((resolve, reject) => server.listen(sock, resolve).once("error", reject));
     try {
-      if (!opts.parametersSet) await r.mon.migrateSetParameters({ "max-bandwidth": 10 * 1024 * 1024 * 1024 });
+      if (!opts.parametersSet) await r.mon.migrateSetParameters({ "max-bandwidth": 10 * 1024 * 1024 * 1024, "tls-creds": "" });
       await r.mon.migrate(`unix:${sock}`);
       const info = await this.waitMigration(r.mon, 600_000);
       if (info.status !== "completed") throw new Error(`migration ${info.status ?? "failed"}${info["error-desc"] ? `: ${info["error-desc"]}` : ""}`);
@@ -751,20 +754,27 @@ export class Supervisor extends EventEmitter<SupervisorEvents> {
    * succeeded but the state could not be written, why (`stateError`): fn's effect stands, so
    * the caller decides. A service killed meanwhile undoes the capture when it adopts the QEMU.
    */
-  async withGuestPaused<T>(vm: VmRef, fn: (mon: QemuMonitor) => Promise<T>, stateFile?: string): Promise<{ result: T; pausedMs: number; stateError?: Error }> {
+  async withGuestPaused<T>(
+    vm: VmRef,
+    fn: (mon: QemuMonitor) => Promise<T>,
+    stateFile?: string,
+  ): Promise<{ result: T; pausedMs: number; phases: { stopMs: number; workMs: number; stateMs: number; resumeMs: number }; stateError?: Error }> {
     const r = this.requireRunning(vm, "Running", "Paused");
     const wasRunning = r.state === "Running";
     await this.setOperation(r, { kind: "capture", since: new Date().toISOString(), wasRunning, ...(stateFile ? { file: stateFile } : {}) });
     // Set before the guest stops, so the pause holds only the work itself.
-    if (stateFile) await r.mon.migrateSetParameters({ "max-bandwidth": 10 * 1024 * 1024 * 1024 });
+    if (stateFile) await r.mon.migrateSetParameters({ "max-bandwidth": 10 * 1024 * 1024 * 1024, "tls-creds": "" });
     await unlink(r.run.migrationSocket).catch(() => undefined);
     const t0 = performance.now();
     let result: T;
     let stateError: Error | undefined;
     let pausedMs = 0;
+    const marks = { stopped: t0, worked: t0, stated: t0 };
     try {
       if (wasRunning) await r.mon.stop();
+      marks.stopped = marks.worked = marks.stated = performance.now();
       result = await fn(r.mon);
+      marks.worked = marks.stated = performance.now();
       if (stateFile) {
         try {
           // Not synced while the guest waits: the caller's commit makes it durable after the guest runs again.
@@ -772,6 +782,7 @@ export class Supervisor extends EventEmitter<SupervisorEvents> {
         } catch (err) {
           stateError = err as Error;
         }
+        marks.stated = performance.now();
       }
     } finally {
       if (wasRunning) await this.resumeAfterMigration(r).catch(() => undefined);
@@ -779,7 +790,8 @@ export class Supervisor extends EventEmitter<SupervisorEvents> {
       await this.clearOperation(r).catch(() => undefined);
     }
     this.setState(r, wasRunning ? "Running" : "Paused");
-    return { result, pausedMs, ...(stateError ? { stateError } : {}) };
+    const phases = { stopMs: marks.stopped - t0, workMs: marks.worked - marks.stopped, stateMs: marks.stated - marks.worked, resumeMs: t0 + pausedMs - marks.stated };
+    return { result, pausedMs, phases, ...(stateError ? { stateError } : {}) };
   }
 
   private async waitMigration(mon: QemuMonitor, timeoutMs: number) {
@@ -843,9 +855,14 @@ export class Supervisor extends EventEmitter<SupervisorEvents> {
    */
   async finishIncoming(vm: VmRef): Promise<VmState> {
     const r = this.requireRunning(vm);
-    const s = (await r.mon.queryStatus()).status;
+    // The source's QEMU reports completion when it has sent the last byte; this one may still be loading it.
+    let s = (await r.mon.queryStatus()).status;
+    for (const deadline = Date.now() + 60_000; s === "inmigrate" && Date.now() < deadline; s = (await r.mon.queryStatus()).status) await sleep(20);
     if (s === "inmigrate") throw new VmhostError("migration-failed", `VM "${vm.name}" has not received the whole migration stream (QEMU is ${s})`, 409);
     await r.mon.nbdServerStop().catch(() => undefined);
+    // The move's TLS credentials are for this stream only: later migrations (a save, a checkpoint's memory) go plain to local sockets.
+    await r.mon.migrateSetParameters({ "tls-creds": "" }).catch(() => undefined);
+    await r.mon.objectDel("vmhost-mig-tls").catch(() => undefined);
     await r.mon.cont();
     this.setState(r, "Running");
     await this.event(vm, "migrated-in", "live migration finished: the guest runs on this host");

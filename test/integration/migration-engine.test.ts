@@ -93,6 +93,7 @@ test("with storage: the disks are copied while the guest runs; memory, NVRAM and
 });
 
 test("with storage and a checkpoint: the tree comes along and its checkpoint applies on the new host", { timeout: 600_000 }, async () => {
+  await b.devices.set("web", { checkpointType: "Standard" });
   await b.checkpoints.create("web", { name: "before" });
   await run(b, "web", "echo after-cp > /tmp/value; echo ok-after", /ok-after/);
   const r = await b.moves.move("web", peerOf(a, "A"), { listenAddress: "127.0.0.1", includeStorage: true });

@@ -284,8 +284,9 @@ export class QemuMonitor extends EventEmitter<{ event: [QmpEvent]; close: [] }> 
   nbdServerStop(): Promise<void> {
     return this.qmp.execute("nbd-server-stop");
   }
+  /** An NBD export of `nodeName`, named `id` (the export name clients ask for; QEMU's default would be the node name). */
   blockExportAdd(id: string, nodeName: string, writable: boolean): Promise<void> {
-    return this.qmp.execute("block-export-add", { type: "nbd", id, "node-name": nodeName, writable });
+    return this.qmp.execute("block-export-add", { type: "nbd", id, "node-name": nodeName, name: id, writable });
   }
   blockExportDel(id: string): Promise<void> {
     return this.qmp.execute("block-export-del", { id, mode: "hard" });

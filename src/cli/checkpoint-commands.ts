@@ -1,50 +1,18 @@
-import type { ServiceClient } from "../service/client.js";
-import { streamCall } from "../service/client-stream.js";
-import type { CheckpointList, CheckpointResult } from "../service/checkpoints.js";
+import type { Command } from "commander";
+import type { CheckpointRemoved, CheckpointResult } from "../api/views.js";
 import { VmhostError } from "../util/errors.js";
-import { args, enc, need, out } from "./args.js";
+import { out } from "./args.js";
+import type { Connection } from "./connection.js";
+import { changeCommand, readCommand, type CliContext } from "./context.js";
 
-/** The checkpoint commands (Checkpoint-VM, Get-VMSnapshot, Restore-, Remove-, Rename-VMSnapshot). */
-export const CHECKPOINT_USAGE = `Checkpoints (Checkpoint-VM / Get-VMSnapshot / Restore-VMSnapshot / Remove-VMSnapshot)
-  checkpoint NAME [--name CP]            (or: checkpoint create NAME [--name CP])
-  checkpoint list NAME [--json]
-  checkpoint apply NAME CP [--checkpoint-current]
-  checkpoint remove NAME CP [--subtree]  (merges: nothing is lost)
-  checkpoint rename NAME CP NEWNAME
-  CP is a checkpoint's name or id. The type follows set NAME --checkpoint-type (default Production).`;
+/** The checkpoint commands (Checkpoint-VM, Get-VMSnapshot, Restore-, Remove-, Rename-VMSnapshot); apply and remove are jobs with progress. */
 
-const SUBCOMMANDS = new Set(["create", "list", "apply", "remove", "rename"]);
-
-/** A progress line on the terminal, for the long merges of remove and apply. */
-class Progress {
-  private last = "";
-  constructor(private readonly enabled: boolean) {}
-  update(fraction: number, what: string): void {
-    if (!this.enabled) return;
-    const width = 30;
-    const fill = Math.round(Math.min(1, Math.max(0, fraction)) * width);
-    const text = `\r[${"#".repeat(fill)}${".".repeat(width - fill)}] ${Math.floor(fraction * 100).toString().padStart(3)}%  ${what.padEnd(24)}`;
-    if (text === this.last) return;
-    this.last = text;
-    process.stderr.write(text);
-  }
-  finish(): void {
-    if (this.enabled && this.last) process.stderr.write("\n");
-  }
-}
-
-async function streamed<T>(api: ServiceClient, path: string, body: unknown, bar: Progress): Promise<T> {
-  let result: T | undefined;
-  let failure: { code?: string; message?: string } | undefined;
-  await streamCall(api, "POST", path, body, (line) => {
-    if (line["type"] === "progress") bar.update(Number(line["fraction"]), String(line["what"] ?? ""));
-    else if (line["type"] === "result") result = line["result"] as T;
-    else if (line["type"] === "error") failure = line["error"] as typeof failure;
-  });
-  bar.finish();
-  if (failure) throw new VmhostError(failure.code ?? "error", failure.message ?? "the operation failed");
-  if (result === undefined) throw new VmhostError("error", "vmhostd ended the operation without a result");
-  return result;
+interface CheckpointList {
+  vm: string;
+  checkpointType: string;
+  current: string | null;
+  checkpoints: { id: string; name: string; depth: number; createdAt: string; type: string; hasMemory: boolean }[];
+  removing?: string;
 }
 
 function printTree(l: CheckpointList): void {
@@ -57,51 +25,83 @@ function printTree(l: CheckpointList): void {
   if (l.removing) console.log(`  (the removal of "${l.removing}" is being finished)`);
 }
 
-export async function checkpointCommand(api: ServiceClient, rest: string[]): Promise<number> {
-  const sub = rest[0] !== undefined && SUBCOMMANDS.has(rest[0]) ? rest[0] : "create";
-  const r2 = sub === "create" && rest[0] !== "create" ? rest : rest.slice(1);
-  const { values: v, positionals: p } = args(r2, {
-    name: { type: "string" },
-    "checkpoint-current": { type: "boolean" },
-    subtree: { type: "boolean" },
-  });
-  const vm = need(p, 0, "VM name");
-  const base = `/v1/vms/${enc(vm)}/checkpoints`;
-  const bar = new Progress(!v["json"] && process.stderr.isTTY === true);
-  switch (sub) {
-    case "create": {
-      const r = await api.call<CheckpointResult>("POST", base, { name: v["name"] as string | undefined });
-      out(!!v["json"], r, () => {
+/** Follows a checkpoint job with a progress bar on a terminal; its result, or its error thrown. */
+async function finish<T>(c: Connection, jobId: string, label: string, show: boolean): Promise<T> {
+  const bar = show ? new Bar(label) : undefined;
+  const job = await c.client.followJob(jobId, (j) => bar?.update(j.progress.done, j.progress.total, j.progress.phase));
+  bar?.finish();
+  if (job.state !== "succeeded") throw new VmhostError(job.error?.code ?? job.state, job.error?.message ?? `the ${job.kind} job ${job.state}`);
+  return job.result as T;
+}
+
+/** The checkpoint jobs count per mille, not bytes: a bar with the step's name. */
+class Bar {
+  private last = "";
+  constructor(private readonly label: string) {}
+  update(done: number, total: number, phase?: string): void {
+    if (!(total > 0)) return;
+    const frac = Math.min(1, done / total);
+    const fill = Math.round(frac * 30);
+    const text = `\r${this.label} [${"#".repeat(fill)}${".".repeat(30 - fill)}] ${Math.floor(frac * 100).toString().padStart(3)}%  ${(phase ?? "").padEnd(24)}`;
+    if (text !== this.last) process.stderr.write((this.last = text));
+  }
+  finish(): void {
+    if (this.last) process.stderr.write("\n");
+  }
+}
+
+export function checkpointCommands(program: Command, ctx: CliContext): void {
+  const cp = program.command("checkpoint").description("checkpoints (Checkpoint-VM, Get-VMSnapshot, Restore-/Remove-/Rename-VMSnapshot); a checkpoint is named by its name or id");
+  // `vmhost checkpoint NAME` takes a checkpoint, as before: create is the default subcommand.
+  cp.command("create", { isDefault: true })
+    .description("take a checkpoint (the default: vmhost checkpoint NAME [--name CP]); its type follows set NAME --checkpoint-type")
+    .option("--json", "print the reply as JSON")
+    .argument("<name>", "VM name or id")
+    .option("--name <checkpoint>", "the checkpoint's name")
+    .action(async (vm: string, o: { name?: string; json?: boolean }) => {
+      const r = await (await ctx.conn()).api.checkpoints.create({ vm, name: o.name });
+      out(o.json, r, () => {
         console.log(`${vm}: ${r.checkpoint.type} checkpoint "${r.checkpoint.name}" (${r.checkpoint.id})${r.checkpoint.hasMemory ? " with memory" : ""}${r.pausedMs !== undefined ? `; the guest was paused ${r.pausedMs.toFixed(0)} ms` : ""}`);
         for (const m of r.messages) console.log(`  ${m}`);
       });
-      return 0;
-    }
-    case "list": {
-      const l = await api.call<CheckpointList>("GET", base);
-      out(!!v["json"], l, () => printTree(l));
-      return 0;
-    }
-    case "apply": {
-      const r = await streamed<CheckpointResult>(api, `${base}/apply`, { checkpoint: need(p, 1, "checkpoint"), checkpointCurrent: v["checkpoint-current"] === true }, bar);
-      out(!!v["json"], r, () => {
+    });
+  readCommand(cp, "list", "the checkpoint tree")
+    .argument("<name>", "VM name or id")
+    .action(async (vm: string, o: { json?: boolean }) => {
+      const l = await (await ctx.conn()).api.checkpoints.list({ vm });
+      out(o.json, l, () => printTree(l));
+    });
+  changeCommand(cp, "apply", "apply a checkpoint (Restore-VMSnapshot)")
+    .argument("<name>", "VM name or id")
+    .argument("<checkpoint>", "checkpoint name or id")
+    .option("--checkpoint-current", "checkpoint Now first")
+    .action(async (vm: string, checkpoint: string, o: { checkpointCurrent?: boolean; json?: boolean }) => {
+      const c = await ctx.conn();
+      const job = await c.api.checkpoints.apply({ vm, checkpoint, checkpointCurrent: o.checkpointCurrent === true });
+      const r = await finish<CheckpointResult>(c, job.id, "applying", !o.json && process.stderr.isTTY === true);
+      out(o.json, r, () => {
         console.log(`${vm}: checkpoint "${r.checkpoint.name}" applied`);
         for (const m of r.messages) console.log(`  ${m}`);
       });
-      return 0;
-    }
-    case "remove": {
-      const r = await streamed<{ removed: string[]; messages: string[] }>(api, `${base}/remove`, { checkpoint: need(p, 1, "checkpoint"), subtree: v["subtree"] === true }, bar);
-      out(!!v["json"], r, () => {
+    });
+  changeCommand(cp, "remove", "remove a checkpoint (merges: nothing is lost)")
+    .argument("<name>", "VM name or id")
+    .argument("<checkpoint>", "checkpoint name or id")
+    .option("--subtree", "remove its descendants too")
+    .action(async (vm: string, checkpoint: string, o: { subtree?: boolean; json?: boolean }) => {
+      const c = await ctx.conn();
+      const job = await c.api.checkpoints.remove({ vm, checkpoint, subtree: o.subtree === true });
+      const r = await finish<CheckpointRemoved>(c, job.id, "merging", !o.json && process.stderr.isTTY === true);
+      out(o.json, r, () => {
         for (const m of r.messages) console.log(`${vm}: ${m}`);
       });
-      return 0;
-    }
-    case "rename": {
-      const r = await api.call<CheckpointResult>("POST", `${base}/rename`, { checkpoint: need(p, 1, "checkpoint"), name: need(p, 2, "new name") });
-      out(!!v["json"], r, () => console.log(`${vm}: checkpoint renamed to "${r.checkpoint.name}"`));
-      return 0;
-    }
-  }
-  throw new VmhostError("usage", "checkpoint [create|list|apply|remove|rename] NAME ...");
+    });
+  changeCommand(cp, "rename", "rename a checkpoint")
+    .argument("<name>", "VM name or id")
+    .argument("<checkpoint>", "checkpoint name or id")
+    .argument("<newname>", "its new name")
+    .action(async (vm: string, checkpoint: string, name: string, o: { json?: boolean }) => {
+      const r = await (await ctx.conn()).api.checkpoints.rename({ vm, checkpoint, name });
+      out(o.json, r, () => console.log(`${vm}: checkpoint renamed to "${r.checkpoint.name}"`));
+    });
 }

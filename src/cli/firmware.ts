@@ -1,29 +1,11 @@
-import type { ServiceClient } from "../service/client.js";
-import type { FirmwareSetResult, FirmwareView } from "../service/firmware.js";
+import { Command, Option } from "commander";
+import type { FirmwareView } from "../api/views.js";
 import { VmhostError } from "../util/errors.js";
-import { args, enc, need, out } from "./args.js";
+import { list, onOff, out } from "./args.js";
+import { readCommand, changeCommand, type CliContext } from "./context.js";
 import { printTable } from "./format.js";
 
-export const FIRMWARE_USAGE = `Firmware (Get-VMFirmware / Set-VMFirmware)
-  firmware get NAME [--json]
-  firmware set NAME [--first-boot-device DEVICE|Boot####] [--boot-order ID,ID,... [--prune [--prune-files]]]
-           [--preferred-network-boot-protocol ipv4|ipv6] [--pause-after-boot-failure on|off]
-           [--secure-boot on|off] [--secure-boot-template MicrosoftWindows|MicrosoftUEFICertificateAuthority|OpenSourceShieldedVM]
-           [--network-boot-dir DIR --network-boot-file FILE | --no-network-boot]      (generation 2)
-  firmware set NAME --startup-order CD,IDE,LegacyNetworkAdapter,Floppy                  (generation 1)
-  firmware reset NAME       a new NVRAM from the template (boot entries an OS made are lost; VM off)
-  DEVICE is an adapter name or MAC, a drive location like "SCSI 0:1", or a disk path.`;
-
-function onOff(v: string | undefined, what: string): boolean | undefined {
-  if (v === undefined) return undefined;
-  if (/^(on|true|yes|1)$/i.test(v)) return true;
-  if (/^(off|false|no|0)$/i.test(v)) return false;
-  throw new VmhostError("usage", `${what} must be on or off (got "${v}")`);
-}
-
-function list(v: string | undefined): string[] | undefined {
-  return v === undefined ? undefined : v.split(",").map((x) => x.trim()).filter((x) => x.length > 0);
-}
+/** Firmware (Get-VMFirmware / Set-VMFirmware). */
 
 function printView(f: FirmwareView): void {
   if (f.generation === 1) {
@@ -69,60 +51,60 @@ function printView(f: FirmwareView): void {
   } else console.log("Pending:                      none");
 }
 
-export async function firmwareCommand(api: ServiceClient, rest: string[]): Promise<number> {
-  const [sub, ...r2] = rest;
-  const { values: v, positionals: p } = args(r2, {
-    "first-boot-device": { type: "string" },
-    "boot-order": { type: "string" },
-    prune: { type: "boolean" },
-    "prune-files": { type: "boolean" },
-    "preferred-network-boot-protocol": { type: "string" },
-    "pause-after-boot-failure": { type: "string" },
-    "secure-boot": { type: "string" },
-    "secure-boot-template": { type: "string" },
-    "startup-order": { type: "string" },
-    "network-boot-dir": { type: "string" },
-    "network-boot-file": { type: "string" },
-    "no-network-boot": { type: "boolean" },
-  });
-  const str = (k: string): string | undefined => (typeof v[k] === "string" ? (v[k] as string) : undefined);
-  const name = need(p, 0, "VM name");
-  const path = `/v1/vms/${enc(name)}/firmware`;
-  if (sub === "get") {
-    const f = await api.call<FirmwareView>("GET", path);
-    out(!!v["json"], f, () => printView(f));
-    return 0;
-  }
-  if (sub === "reset") {
-    const r = await api.call<FirmwareSetResult>("POST", `${path}/reset`);
-    out(!!v["json"], r, () => {
-      for (const m of r.messages) console.log(`${name}: ${m}`);
+export function firmwareCommands(program: Command, ctx: CliContext): void {
+  const fw = program.command("firmware").description("firmware: Gen2 boot entries and Secure Boot, Gen1 BIOS order (Get/Set-VMFirmware)");
+  readCommand(fw, "get", "boot entries (Boot####, their type and device), Secure Boot, pending changes")
+    .argument("<name>", "VM name or id")
+    .action(async (name: string, o: { json?: boolean }) => {
+      const f = await (await ctx.conn()).api.firmware.get({ vm: name });
+      out(o.json, f, () => printView(f));
     });
-    return 0;
-  }
-  if (sub !== "set") throw new VmhostError("usage", "firmware get|set|reset NAME ...");
-  const proto = str("preferred-network-boot-protocol");
-  if (proto !== undefined && !/^ipv[46]$/i.test(proto)) throw new VmhostError("usage", "--preferred-network-boot-protocol must be ipv4 or ipv6");
-  if ((str("network-boot-dir") === undefined) !== (str("network-boot-file") === undefined)) {
-    throw new VmhostError("usage", "--network-boot-dir and --network-boot-file go together");
-  }
-  const body = {
-    firstBootDevice: str("first-boot-device"),
-    bootOrder: list(str("boot-order")),
-    prune: v["prune"] === true ? true : undefined,
-    pruneFiles: v["prune-files"] === true ? true : undefined,
-    preferredNetworkBootProtocol: proto === undefined ? undefined : proto.toLowerCase() === "ipv6" ? "IPv6" : "IPv4",
-    pauseAfterBootFailure: onOff(str("pause-after-boot-failure"), "--pause-after-boot-failure"),
-    secureBoot: onOff(str("secure-boot"), "--secure-boot"),
-    secureBootTemplate: str("secure-boot-template"),
-    startupOrder: list(str("startup-order")),
-    networkBootPayload: v["no-network-boot"] ? null : str("network-boot-dir") ? { dir: str("network-boot-dir")!, file: str("network-boot-file")! } : undefined,
-  };
-  if (Object.values(body).every((x) => x === undefined)) throw new VmhostError("usage", "firmware set needs something to set; see vmhost help");
-  const r = await api.call<FirmwareSetResult>("PATCH", path, body);
-  out(!!v["json"], r, () => {
-    for (const m of r.messages) console.log(`${name}: ${m}`);
-    if (r.messages.length === 0) console.log(`${name}: nothing changed`);
-  });
-  return 0;
+  changeCommand(fw, "reset", "a new NVRAM from the template (boot entries an OS made are lost; VM off)")
+    .argument("<name>", "VM name or id")
+    .action(async (name: string, o: { json?: boolean }) => {
+      const r = await (await ctx.conn()).api.firmware.reset({ vm: name });
+      out(o.json, r, () => {
+        for (const m of r.messages) console.log(`${name}: ${m}`);
+      });
+    });
+  changeCommand(fw, "set", "change the boot order, Secure Boot, network boot, BIOS startup order")
+    .argument("<name>", "VM name or id")
+    .option("--first-boot-device <device>", 'an adapter name or MAC, a drive location like "SCSI 0:1", a disk path, or Boot####')
+    .option("--boot-order <ids>", "Boot#### ids or devices, comma separated; the rest move to the end")
+    .option("--prune", "delete the entries not named in --boot-order")
+    .option("--prune-files", "also delete File entries (made by an OS installer)")
+    .addOption(new Option("--preferred-network-boot-protocol <p>", "IPv4 or IPv6").choices(["ipv4", "ipv6", "IPv4", "IPv6"]))
+    .option("--pause-after-boot-failure <on|off>", "pause the VM when a boot entry fails")
+    .option("--secure-boot <on|off>", "Secure Boot (generation 2)")
+    .addOption(new Option("--secure-boot-template <t>", "Secure Boot template").choices(["MicrosoftWindows", "MicrosoftUEFICertificateAuthority", "OpenSourceShieldedVM"]))
+    .option("--startup-order <devices>", "generation 1: CD,IDE,LegacyNetworkAdapter,Floppy")
+    .option("--network-boot-dir <dir>", "a folder the Default Switch serves over TFTP")
+    .option("--network-boot-file <file>", "the boot file DHCP names")
+    .option("--no-network-boot", "stop serving a network-boot payload")
+    .action(async (name: string, o: Record<string, string | boolean | undefined>) => {
+      const str = (k: string): string | undefined => (typeof o[k] === "string" ? (o[k] as string) : undefined);
+      if ((str("networkBootDir") === undefined) !== (str("networkBootFile") === undefined)) {
+        throw new VmhostError("usage", "--network-boot-dir and --network-boot-file go together");
+      }
+      const proto = str("preferredNetworkBootProtocol");
+      const body = {
+        firstBootDevice: str("firstBootDevice"),
+        bootOrder: list(str("bootOrder")),
+        prune: o["prune"] === true ? true : undefined,
+        pruneFiles: o["pruneFiles"] === true ? true : undefined,
+        preferredNetworkBootProtocol: proto === undefined ? undefined : proto.toLowerCase() === "ipv6" ? ("IPv6" as const) : ("IPv4" as const),
+        pauseAfterBootFailure: onOff(str("pauseAfterBootFailure"), "--pause-after-boot-failure"),
+        secureBoot: onOff(str("secureBoot"), "--secure-boot"),
+        secureBootTemplate: str("secureBootTemplate") as "MicrosoftWindows" | undefined,
+        startupOrder: list(str("startupOrder")) as ("CD" | "IDE" | "LegacyNetworkAdapter" | "Floppy")[] | undefined,
+        // commander's --no-network-boot sets networkBoot to false (true by default).
+        networkBootPayload: o["networkBoot"] === false ? null : str("networkBootDir") ? { dir: str("networkBootDir")!, file: str("networkBootFile")! } : undefined,
+      };
+      if (Object.values(body).every((x) => x === undefined)) throw new VmhostError("usage", "firmware set needs something to set; see vmhost help firmware");
+      const r = await (await ctx.conn()).api.firmware.set({ vm: name, ...body });
+      out(o["json"] === true, r, () => {
+        for (const m of r.messages) console.log(`${name}: ${m}`);
+        if (r.messages.length === 0) console.log(`${name}: nothing changed`);
+      });
+    });
 }

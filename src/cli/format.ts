@@ -1,4 +1,4 @@
-import type { VmView } from "../service/vms.js";
+import type { VmView } from "../api/views.js";
 
 export function printTable(header: string[], rows: string[][]): void {
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? "").length)));
@@ -35,7 +35,7 @@ export function printVm(vm: VmView): void {
       for (const l of vm.lastExit.consoleTail) console.log(`  | ${l}`);
     }
   }
-  console.log(`Console log: ${vm.paths.console}`);
+  if (vm.paths) console.log(`Console log: ${vm.paths.console}`);
 }
 
 export function printHost(h: Record<string, unknown>): void {

@@ -1,31 +1,23 @@
+import { createReadStream } from "node:fs";
+import { stat } from "node:fs/promises";
 import { resolve } from "node:path";
-import type { ServiceClient } from "../service/client.js";
-import { streamCall } from "../service/client-stream.js";
+import { Transform } from "node:stream";
+import { Command, Option } from "commander";
+import type { JobView } from "../api/views.js";
 import { VmhostError } from "../util/errors.js";
 import { formatSize } from "../util/size.js";
-import { args, enc, need, out } from "./args.js";
+import { out } from "./args.js";
+import type { Connection } from "./connection.js";
+import { changeCommand, readCommand, type CliContext } from "./context.js";
 import { printTable } from "./format.js";
+import { ProgressBar } from "./progress.js";
 
 /** The integration-services commands: integration, kvp, copy-file, vss, and events --follow. */
 
-export const GUEST_USAGE = `Integration services
-  integration list NAME [--json]            integration enable|disable NAME SERVICE
-  kvp get NAME [--pool intrinsic|guest|external] [--json]
-  kvp set NAME KEY VALUE                    kvp remove NAME KEY
-  copy-file NAME SOURCE DEST [--create-full-path] [--force]
-  vss freeze NAME [--timeout SECONDS]       vss thaw NAME        vss status NAME
-  events NAME [--json] [--follow]`;
-
-interface ServiceStatus {
-  name: string;
-  enabled: boolean;
-  primaryStatus: string;
-  detail: string;
-}
 interface IntegrationView {
   vm: string;
   state: string;
-  services: ServiceStatus[];
+  services: { name: string; enabled: boolean; primaryStatus: string; detail: string }[];
 }
 
 function printServices(v: IntegrationView): void {
@@ -35,154 +27,133 @@ function printServices(v: IntegrationView): void {
   );
 }
 
-export async function guestCommand(api: ServiceClient, cmd: string, rest: string[]): Promise<number> {
-  switch (cmd) {
-    case "integration": {
-      const [sub, ...r] = rest;
-      if (sub === "list") {
-        const { values: v, positionals: p } = args(r);
-        const view = await api.call<IntegrationView>("GET", `/v1/vms/${enc(need(p, 0, "VM name"))}/integration`);
-        out(!!v["json"], view, () => printServices(view));
-        return 0;
-      }
-      if (sub === "enable" || sub === "disable") {
-        const { values: v, positionals: p } = args(r);
-        const name = need(p, 0, "VM name");
-        const service = p.slice(1).join(" ");
-        if (!service) throw new VmhostError("usage", `integration ${sub} NAME SERVICE (e.g. "Guest Service Interface")`);
-        const view = await api.call<IntegrationView>("POST", `/v1/vms/${enc(name)}/integration`, { service, enabled: sub === "enable" });
-        out(!!v["json"], view, () => printServices(view));
-        return 0;
-      }
-      throw new VmhostError("usage", "integration list|enable|disable NAME [SERVICE]");
-    }
-
-    case "kvp": {
-      const [sub, ...r] = rest;
-      if (sub === "get") {
-        const { values: v, positionals: p } = args(r, { pool: { type: "string" } });
-        const pool = v["pool"];
-        if (pool !== undefined && pool !== "intrinsic" && pool !== "guest" && pool !== "external") {
-          throw new VmhostError("usage", "--pool must be intrinsic, guest or external");
-        }
-        const pools = await api.call<Record<string, Record<string, string>>>("GET", `/v1/vms/${enc(need(p, 0, "VM name"))}/kvp${pool ? `/${pool}` : ""}`);
-        out(!!v["json"], pools, () =>
-          printTable(
-            ["Pool", "Key", "Value"],
-            Object.entries(pools).flatMap(([pl, items]) => Object.entries(items).map(([k, val]) => [pl, k, val])),
-          ),
-        );
-        return 0;
-      }
-      if (sub === "set") {
-        const { values: v, positionals: p } = args(r);
-        const name = need(p, 0, "VM name");
-        const res = await api.call<{ key: string; delivered: boolean; note?: string }>("POST", `/v1/vms/${enc(name)}/kvp`, {
-          key: need(p, 1, "KEY"),
-          value: need(p, 2, "VALUE"),
-        });
-        out(!!v["json"], res, () => console.log(`${name}: ${res.key} set${res.delivered ? " (in the guest's external pool)" : `; ${res.note ?? "not delivered yet"}`}`));
-        return 0;
-      }
-      if (sub === "remove") {
-        const { values: v, positionals: p } = args(r);
-        const name = need(p, 0, "VM name");
-        const res = await api.call<{ key: string; delivered: boolean; note?: string }>("POST", `/v1/vms/${enc(name)}/kvp/remove`, { key: need(p, 1, "KEY") });
-        out(!!v["json"], res, () => console.log(`${name}: ${res.key} removed${res.delivered ? " (from the guest's external pool)" : `; ${res.note ?? ""}`}`));
-        return 0;
-      }
-      throw new VmhostError("usage", "kvp get|set|remove NAME ...");
-    }
-
-    case "copy-file": {
-      const { values: v, positionals: p } = args(rest, { "create-full-path": { type: "boolean" }, force: { type: "boolean" } });
-      const name = need(p, 0, "VM name");
-      const source = resolve(need(p, 1, "SOURCE (a host file)"));
-      const destination = need(p, 2, "DEST (a full path in the guest)");
-      const bar = !v["json"] && process.stderr.isTTY ? new ProgressBar() : undefined;
-      let result: Record<string, unknown> | undefined;
-      let failure: { code?: string; message?: string } | undefined;
-      await streamCall(api, "POST", `/v1/vms/${enc(name)}/copy-file`, { source, destination, createFullPath: v["create-full-path"] === true, force: v["force"] === true }, (line) => {
-        if (line["type"] === "progress") bar?.update(Number(line["done"]), Number(line["total"]));
-        else if (line["type"] === "result") result = line["result"] as Record<string, unknown>;
-        else if (line["type"] === "error") failure = line["error"] as typeof failure;
+export function guestCommands(program: Command, ctx: CliContext): void {
+  const integration = program.command("integration").description("integration services (Get/Enable/Disable-VMIntegrationService)");
+  readCommand(integration, "list", "the six services and their status")
+    .argument("<name>", "VM name or id")
+    .action(async (name: string, o: { json?: boolean }) => {
+      const view = await (await ctx.conn()).api.integration.list({ vm: name });
+      out(o.json, view, () => printServices(view));
+    });
+  for (const sub of ["enable", "disable"] as const) {
+    changeCommand(integration, sub, `${sub} a service (e.g. "Guest Service Interface")`)
+      .argument("<name>", "VM name or id")
+      .argument("<service...>", "the service's name")
+      .action(async (name: string, service: string[], o: { json?: boolean }) => {
+        const view = await (await ctx.conn()).api.integration.set({ vm: name, service: service.join(" "), enabled: sub === "enable" });
+        out(o.json, view, () => printServices(view));
       });
-      bar?.finish();
-      if (failure) throw new VmhostError(failure.code ?? "error", failure.message ?? "the copy failed");
-      if (!result) throw new VmhostError("error", "vmhostd ended the copy without a result");
-      const r = result;
-      out(!!v["json"], r, () =>
-        console.log(
-          `Copied ${String(r["source"])} to ${name}:${String(r["destination"])}: ${formatSize(Number(r["bytes"]))} in ${Number(r["seconds"]).toFixed(1)} s, verified (size and SHA-256 ${String(r["sha256"])} ${r["verifiedBy"] === "sha256sum" ? "computed in the guest" : "read back from the guest"})`,
+  }
+
+  const kvp = program.command("kvp").description("key-value pair exchange (Hyper-V's KVP pools)");
+  readCommand(kvp, "get", "the pools: external (host items), intrinsic and guest while the guest answers")
+    .argument("<name>", "VM name or id")
+    .addOption(new Option("--pool <pool>", "one pool").choices(["intrinsic", "guest", "external"]))
+    .action(async (name: string, o: { pool?: "intrinsic" | "guest" | "external"; json?: boolean }) => {
+      const c = await ctx.conn();
+      const pools = o.pool ? await c.api.integration.kvpPool({ vm: name, pool: o.pool }) : await c.api.integration.kvp({ vm: name });
+      out(o.json, pools, () =>
+        printTable(
+          ["Pool", "Key", "Value"],
+          Object.entries(pools).flatMap(([pl, items]) => Object.entries(items).map(([k, val]) => [pl, k, val])),
         ),
       );
-      return 0;
-    }
+    });
+  changeCommand(kvp, "set", "set a host item (the guest's external pool)")
+    .argument("<name>", "VM name or id")
+    .argument("<key>")
+    .argument("<value>")
+    .action(async (name: string, key: string, value: string, o: { json?: boolean }) => {
+      const res = await (await ctx.conn()).api.integration.kvpSet({ vm: name, key, value });
+      out(o.json, res, () => console.log(`${name}: ${res.key} set${res.delivered ? " (in the guest's external pool)" : `; ${res.note ?? "not delivered yet"}`}`));
+    });
+  changeCommand(kvp, "remove", "remove a host item")
+    .argument("<name>", "VM name or id")
+    .argument("<key>")
+    .action(async (name: string, key: string, o: { json?: boolean }) => {
+      const res = await (await ctx.conn()).api.integration.kvpRemove({ vm: name, key });
+      out(o.json, res, () => console.log(`${name}: ${res.key} removed${res.delivered ? " (from the guest's external pool)" : `; ${res.note ?? ""}`}`));
+    });
 
-    case "vss": {
-      const [sub, ...r] = rest;
-      const { values: v, positionals: p } = args(r, { timeout: { type: "string" } });
-      const name = need(p, 0, "VM name");
-      if (sub === "freeze") {
-        const t = v["timeout"];
-        if (t !== undefined && (typeof t !== "string" || !/^\d+$/.test(t))) throw new VmhostError("usage", "--timeout must be whole seconds");
-        const res = await api.call<{ frozen: number; thawBy: string }>("POST", `/v1/vms/${enc(name)}/vss/freeze`, t ? { timeoutSeconds: Number(t) } : {});
-        out(!!v["json"], res, () => console.log(`${name}: ${res.frozen} file system(s) frozen; thawed by ${res.thawBy} at the latest`));
-        return 0;
-      }
-      if (sub === "thaw") {
-        const res = await api.call<{ thawed: number }>("POST", `/v1/vms/${enc(name)}/vss/thaw`);
-        out(!!v["json"], res, () => console.log(`${name}: ${res.thawed} file system(s) thawed`));
-        return 0;
-      }
-      if (sub === "status") {
-        const res = await api.call<{ status: string; thawBy?: string }>("GET", `/v1/vms/${enc(name)}/vss`);
-        out(!!v["json"], res, () => console.log(`${name}: ${res.status}${res.thawBy ? ` (thawed by ${res.thawBy} at the latest)` : ""}`));
-        return 0;
-      }
-      throw new VmhostError("usage", "vss freeze|thaw|status NAME");
-    }
+  changeCommand(program, "copy-file", "copy a host file into the guest (Copy-VMFile): chunked, verified by size and SHA-256, with a progress bar")
+    .argument("<name>", "VM name or id")
+    .argument("<source>", "a file on this machine")
+    .argument("<dest>", "the full path in the guest")
+    .option("--create-full-path", "create the guest folders that are missing")
+    .option("--force", "overwrite an existing file")
+    .option("--upload", "send the file's bytes over the API even to the local host (remote hosts always get them so)")
+    .option("--progress", "show the progress bar even when stderr is not a terminal")
+    .option("--no-progress", "no progress bar")
+    .action(async (name: string, source: string, destination: string, o: { createFullPath?: boolean; force?: boolean; upload?: boolean; progress?: boolean; json?: boolean }) => {
+      const c = await ctx.conn();
+      const src = resolve(source);
+      const show = o.progress ?? (!o.json && process.stderr.isTTY === true);
+      const job = await startCopy(c, name, src, destination, o.createFullPath === true, o.force === true, o.upload === true, show);
+      const bar = show ? new ProgressBar("copying  ") : undefined;
+      const done = await c.client.followJob(job.id, (j) => {
+        if (j.progress.total > 0) bar?.update(j.progress.done, j.progress.total);
+      });
+      bar?.finish();
+      if (done.state !== "succeeded") throw new VmhostError(done.error?.code ?? done.state, done.error?.message ?? `the copy ${done.state}`);
+      const r = done.result as { source: string; destination: string; bytes: number; seconds: number; sha256: string; verifiedBy: string };
+      out(o.json, r, () =>
+        console.log(
+          `Copied ${source} to ${name}:${r.destination}: ${formatSize(r.bytes)} in ${r.seconds.toFixed(1)} s, verified (size and SHA-256 ${r.sha256} ${r.verifiedBy === "sha256sum" ? "computed in the guest" : "read back from the guest"})`,
+        ),
+      );
+    });
 
-    default:
-      throw new VmhostError("usage", `unknown command "${cmd}"`);
-  }
+  const vss = program.command("vss").description("freeze and thaw the guest's file systems (the guest agent's fsfreeze)");
+  changeCommand(vss, "freeze", "freeze; thawed by the timeout at the latest")
+    .argument("<name>", "VM name or id")
+    .option("--timeout <seconds>", "thaw after this many seconds at the latest")
+    .action(async (name: string, o: { timeout?: string; json?: boolean }) => {
+      if (o.timeout !== undefined && !/^\d+$/.test(o.timeout)) throw new VmhostError("usage", "--timeout must be whole seconds");
+      const res = (await (await ctx.conn()).api.integration.freeze({ vm: name, ...(o.timeout ? { timeoutSeconds: Number(o.timeout) } : {}) })) as { frozen: number; thawBy: string };
+      out(o.json, res, () => console.log(`${name}: ${res.frozen} file system(s) frozen; thawed by ${res.thawBy} at the latest`));
+    });
+  changeCommand(vss, "thaw", "thaw")
+    .argument("<name>", "VM name or id")
+    .action(async (name: string, o: { json?: boolean }) => {
+      const res = (await (await ctx.conn()).api.integration.thaw({ vm: name })) as { thawed: number };
+      out(o.json, res, () => console.log(`${name}: ${res.thawed} file system(s) thawed`));
+    });
+  readCommand(vss, "status", "whether the guest's file systems are frozen")
+    .argument("<name>", "VM name or id")
+    .action(async (name: string, o: { json?: boolean }) => {
+      const res = (await (await ctx.conn()).api.integration.vss({ vm: name })) as { status: string; thawBy?: string };
+      out(o.json, res, () => console.log(`${name}: ${res.status}${res.thawBy ? ` (thawed by ${res.thawBy} at the latest)` : ""}`));
+    });
 }
 
-interface EventLine {
-  at: string;
-  type: string;
-  message: string;
+/** Starts the copy job: a local path for the local host, else the file's bytes as an upload (with its own bar). */
+async function startCopy(c: Connection, vm: string, src: string, destination: string, createFullPath: boolean, force: boolean, upload: boolean, show: boolean): Promise<JobView> {
+  if (c.local && !upload) return c.api.integration.copyFile({ vm, source: src, destination, createFullPath, force });
+  const st = await stat(src).catch(() => undefined);
+  if (!st?.isFile()) throw new VmhostError("source", `the source ${src} is not a readable regular file`);
+  const bar = show ? new ProgressBar("uploading") : undefined;
+  let sent = 0;
+  const counter = new Transform({
+    transform(chunk: Buffer, _enc, cb) {
+      sent += chunk.length;
+      bar?.update(sent, st.size);
+      cb(null, chunk);
+    },
+  });
+  const data = createReadStream(src).pipe(counter);
+  try {
+    return await c.api.integration.copyFileUpload({ vm, destination, createFullPath: createFullPath ? "true" : "false", force: force ? "true" : "false" }, data);
+  } finally {
+    bar?.finish();
+  }
 }
 
 /** events NAME --follow: the journal, then new events as they happen (Ctrl-C ends it). */
-export async function followEvents(api: ServiceClient, name: string, json: boolean): Promise<number> {
-  await streamCall(api, "GET", `/v1/vms/${enc(name)}/events/follow`, undefined, (line) => {
-    if (line["type"] === "error") {
-      const e = line["error"] as { code?: string; message?: string };
-      throw new VmhostError(e.code ?? "error", e.message ?? "error");
-    }
-    if (line["type"] !== "event") return;
-    const e = line["event"] as EventLine;
+export async function followEvents(c: Connection, name: string, json: boolean): Promise<void> {
+  for await (const line of c.api.vms.eventsFollow({ vm: name })) {
+    if (line.type !== "event") continue;
+    const e = line.event;
     if (json) process.stdout.write(JSON.stringify(e) + "\n");
     else console.log(`${e.at}  ${e.type.padEnd(20)} ${e.message}`);
-  });
-  return 0;
-}
-
-class ProgressBar {
-  private last = "";
-  update(done: number, total: number): void {
-    const width = 30;
-    const frac = total > 0 ? done / total : 1;
-    const fill = Math.round(frac * width);
-    const text = `\r[${"#".repeat(fill)}${".".repeat(width - fill)}] ${Math.floor(frac * 100)
-      .toString()
-      .padStart(3)}%  ${formatSize(done)} / ${formatSize(total)}`;
-    if (text === this.last) return;
-    this.last = text;
-    process.stderr.write(text);
-  }
-  finish(): void {
-    if (this.last) process.stderr.write("\n");
   }
 }

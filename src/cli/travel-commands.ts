@@ -1,81 +1,38 @@
 import { resolve } from "node:path";
-import type { ServiceClient } from "../service/client.js";
-import { streamCall } from "../service/client-stream.js";
+import type { Command } from "commander";
 import type { ConvertGenerationResult } from "../service/convert.js";
 import type { ExportResult } from "../service/travel/export.js";
 import type { CompareReport, ImportResult } from "../service/travel/import.js";
 import { VmhostError } from "../util/errors.js";
 import { formatSize } from "../util/size.js";
-import { args, enc, int, need, out } from "./args.js";
+import { int, out } from "./args.js";
+import type { Connection } from "./connection.js";
+import { changeCommand, type CliContext } from "./context.js";
 
-/** Export-VM, Import-VM / Compare-VM, Convert-VMGeneration. */
-export const TRAVEL_USAGE = `Moving VMs (Export-VM / Import-VM / Compare-VM / Convert-VMGeneration)
-  export NAME DIR [--capture-live-state CaptureSavedState|CaptureDataConsistentState|CaptureCrashConsistentState]
-                                         (DIR/<NAME>/: Virtual Machines, Virtual Hard Disks, Snapshots, manifest.json)
-  import DIR [--register | --copy [--generate-new-id] [--vhd-destination DIR]] [--name NEW] [--switch OLD=NEW]...
-  import DIR --compare [same options]    (what does not fit this host, each with its fix; changes nothing)
-  convert-generation NAME [--new-name N] [--dry-run] [--no-boot] [--boot-timeout SECONDS]
-  convert-generation NAME --mbr2gpt      (Windows guest, running with its agent: MBR2GPT /convert /allowFullOS)
-  vmhostd writes only under $VMHOST_HOME and the folders in VMHOST_STORAGE_DIRS (colon-separated).`;
+/**
+ * Export-VM, Import-VM / Compare-VM, Convert-VMGeneration: each a job of vmhostd's, followed
+ * here with a progress bar on a terminal. vmhostd writes only under $VMHOST_HOME and the folders
+ * in VMHOST_STORAGE_DIRS (colon-separated).
+ */
 
-/** A progress bar on stderr when it is a terminal (progress lines otherwise go nowhere). */
-export class Progress {
-  private last = "";
-  constructor(private readonly enabled: boolean) {}
-  update(fraction: number, what: string): void {
-    if (!this.enabled) return;
-    const width = 30;
-    const f = Math.min(1, Math.max(0, Number.isFinite(fraction) ? fraction : 0));
-    const fill = Math.round(f * width);
-    const text = `\r[${"#".repeat(fill)}${".".repeat(width - fill)}] ${Math.floor(f * 100).toString().padStart(3)}%  ${what.slice(0, 60).padEnd(60)}`;
-    if (text === this.last) return;
-    this.last = text;
-    process.stderr.write(text);
-  }
-  finish(): void {
-    if (this.enabled && this.last) process.stderr.write("\n");
-    this.last = "";
-  }
-}
-
-/** A streamed call: progress lines drive the bar; the result (or the error) ends it. */
-export async function streamed<T>(api: ServiceClient, path: string, body: unknown, bar: Progress): Promise<T> {
-  let result: T | undefined;
-  let failure: { code?: string; message?: string } | undefined;
-  try {
-    await streamCall(api, "POST", path, body, (line) => {
-      if (line["type"] === "progress") bar.update(Number(line["fraction"]), String(line["what"] ?? ""));
-      else if (line["type"] === "result") result = line["result"] as T;
-      else if (line["type"] === "error") failure = line["error"] as typeof failure;
-    });
-  } finally {
-    bar.finish();
-  }
-  if (failure) throw new VmhostError(failure.code ?? "error", failure.message ?? "the operation failed");
-  if (result === undefined) throw new VmhostError("error", "vmhostd ended the operation without a result");
-  return result;
-}
-
-function bar(v: Record<string, unknown>): Progress {
-  return new Progress(!v["json"] && process.stderr.isTTY === true);
-}
-
-const CAPTURE = ["CaptureSavedState", "CaptureDataConsistentState", "CaptureCrashConsistentState"];
-
-export async function exportCommand(api: ServiceClient, rest: string[]): Promise<number> {
-  const { values: v, positionals: p } = args(rest, { "capture-live-state": { type: "string" } });
-  const name = need(p, 0, "VM name");
-  const dir = resolve(need(p, 1, "destination folder"));
-  const cap = v["capture-live-state"];
-  if (cap !== undefined && !CAPTURE.includes(String(cap))) throw new VmhostError("usage", `--capture-live-state must be ${CAPTURE.join(", ")}`);
-  const r = await streamed<ExportResult>(api, `/v1/vms/${enc(name)}/export`, { destination: dir, captureLiveState: cap }, bar(v));
-  out(!!v["json"], r, () => {
-    console.log(`Exported VM "${r.vm}" to ${r.path}`);
-    console.log(`  ${r.files} files, ${formatSize(r.bytes)} of content (${formatSize(r.written)} written, the rest left as holes), ${r.checkpoints} checkpoint${r.checkpoints === 1 ? "" : "s"}`);
-    for (const m of r.messages) console.log(`  ${m}`);
+/** A job followed to its end with a bar on stderr (per mille progress and the step's name); its result, or its error thrown. */
+export async function followJob<T>(c: Connection, jobId: string, label: string, show: boolean): Promise<T> {
+  let last = "";
+  const job = await c.client.followJob(jobId, (j) => {
+    if (!show || !(j.progress.total > 0)) return;
+    const frac = Math.min(1, j.progress.done / j.progress.total);
+    const fill = Math.round(frac * 30);
+    const text = `\r${label} [${"#".repeat(fill)}${".".repeat(30 - fill)}] ${Math.floor(frac * 100).toString().padStart(3)}%  ${(j.progress.phase ?? "").slice(0, 30).padEnd(30)}`;
+    if (text !== last) process.stderr.write((last = text));
   });
-  return 0;
+  if (last) process.stderr.write("\n");
+  if (job.state !== "succeeded") throw new VmhostError(job.error?.code ?? job.state, job.error?.message ?? `the ${job.kind} job ${job.state}`);
+  return job.result as T;
 }
+
+const showBar = (o: { json?: boolean }) => !o.json && process.stderr.isTTY === true;
+const CAPTURE = ["CaptureSavedState", "CaptureDataConsistentState", "CaptureCrashConsistentState"] as const;
+type Capture = (typeof CAPTURE)[number];
 
 function switchMap(values: string[] | undefined): Record<string, string> | undefined {
   if (!values?.length) return undefined;
@@ -99,39 +56,6 @@ function printReport(r: CompareReport): void {
   console.log(`  checked: ${r.checked.join("; ")}`);
 }
 
-export async function importCommand(api: ServiceClient, rest: string[]): Promise<number> {
-  const { values: v, positionals: p } = args(rest, {
-    register: { type: "boolean" },
-    copy: { type: "boolean" },
-    "generate-new-id": { type: "boolean" },
-    "vhd-destination": { type: "string" },
-    name: { type: "string" },
-    switch: { type: "string", multiple: true },
-    compare: { type: "boolean" },
-  });
-  if (v["register"] && v["copy"]) throw new VmhostError("usage", "give --register (use the files in place) or --copy, not both");
-  const body = {
-    path: resolve(need(p, 0, "export folder")),
-    mode: v["copy"] ? "copy" : "register",
-    generateNewId: v["generate-new-id"] === true,
-    vhdDestination: typeof v["vhd-destination"] === "string" ? resolve(v["vhd-destination"]) : undefined,
-    name: v["name"] as string | undefined,
-    switchMap: switchMap((v as unknown as { switch?: string[] })["switch"]),
-  };
-  if (v["compare"]) {
-    const r = await streamed<CompareReport>(api, "/v1/import/compare", body, bar(v));
-    out(!!v["json"], r, () => printReport(r));
-    return r.compatible ? 0 : 1;
-  }
-  const r = await streamed<ImportResult>(api, "/v1/import", body, bar(v));
-  out(!!v["json"], r, () => {
-    console.log(`Imported VM "${r.vm}" (${r.id}) from ${r.path}: ${r.state}, ${r.checkpoints} checkpoint${r.checkpoints === 1 ? "" : "s"}, ${r.mode === "copy" ? "files copied" : "files used in place"}`);
-    for (const d of r.disks) console.log(`  disk ${d}`);
-    for (const m of r.messages) console.log(`  ${m}`);
-  });
-  return 0;
-}
-
 function printConversion(r: ConvertGenerationResult): void {
   const v = r.vm;
   console.log(`${r.dryRun ? "Plan (dry run, nothing changed)" : "Converted"}: generation 1 VM "${r.source}" -> generation 2 VM "${v.name}"${r.id ? ` (${r.id})` : ""}`);
@@ -145,29 +69,92 @@ function printConversion(r: ConvertGenerationResult): void {
   for (const m of r.messages) console.log(`  ${m}`);
 }
 
-export async function convertGenerationCommand(api: ServiceClient, rest: string[]): Promise<number> {
-  const { values: v, positionals: p } = args(rest, {
-    "new-name": { type: "string" },
-    "dry-run": { type: "boolean" },
-    "no-boot": { type: "boolean" },
-    "boot-timeout": { type: "string" },
-    mbr2gpt: { type: "boolean" },
-  });
-  const name = need(p, 0, "VM name");
-  if (v["mbr2gpt"]) {
-    const r = await api.call<{ vm: string; validate: string; convert: string; next: string }>("POST", `/v1/vms/${enc(name)}/mbr2gpt`);
-    out(!!v["json"], r, () => {
-      console.log(`${r.vm}: MBR2GPT /validate:\n${r.validate}\nMBR2GPT /convert:\n${r.convert}`);
-      console.log(`Next: ${r.next}`);
+
+interface ImportOptions {
+  register?: boolean;
+  copy?: boolean;
+  generateNewId?: boolean;
+  vhdDestination?: string;
+  name?: string;
+  switch?: string[];
+  compare?: boolean;
+  json?: boolean;
+}
+
+export function travelCommands(program: Command, ctx: CliContext): void {
+  changeCommand(program, "export", "Export-VM: DIR/<NAME>/ with Virtual Machines, Virtual Hard Disks, Snapshots and a SHA-256 manifest; a running VM keeps running")
+    .argument("<name>", "VM name or id")
+    .argument("<dir>", "destination folder")
+    .option("--capture-live-state <mode>", `for a running VM: ${CAPTURE.join(", ")}`)
+    .action(async (vm: string, dir: string, o: { captureLiveState?: string; json?: boolean }) => {
+      if (o.captureLiveState !== undefined && !(CAPTURE as readonly string[]).includes(o.captureLiveState)) throw new VmhostError("usage", `--capture-live-state must be ${CAPTURE.join(", ")}`);
+      const c = await ctx.conn();
+      const job = await c.api.vms.export({ vm, destination: resolve(dir), ...(o.captureLiveState ? { captureLiveState: o.captureLiveState as Capture } : {}) });
+      const r = await followJob<ExportResult>(c, job.id, "exporting", showBar(o));
+      out(o.json, r, () => {
+        console.log(`Exported VM "${r.vm}" to ${r.path}`);
+        console.log(`  ${r.files} files, ${formatSize(r.bytes)} of content (${formatSize(r.written)} written, the rest left as holes), ${r.checkpoints} checkpoint${r.checkpoints === 1 ? "" : "s"}`);
+        for (const m of r.messages) console.log(`  ${m}`);
+      });
     });
-    return 0;
-  }
-  const r = await streamed<ConvertGenerationResult>(
-    api,
-    `/v1/vms/${enc(name)}/convert-generation`,
-    { newName: v["new-name"] as string | undefined, dryRun: v["dry-run"] === true, boot: v["no-boot"] !== true, bootTimeoutSeconds: int(v["boot-timeout"], "--boot-timeout") },
-    bar(v),
-  );
-  out(!!v["json"], r, () => printConversion(r));
-  return r.firstBoot && !r.firstBoot.ok ? 1 : 0;
+
+  changeCommand(program, "import", "Import-VM (--register in place, or --copy [--generate-new-id]); with --compare, Compare-VM: what does not fit, each with its fix, nothing changed")
+    .argument("<dir>", "the exported VM's folder")
+    .option("--register", "use the files where they are (the default)")
+    .option("--copy", "copy the files (to vmhost's disks folder, or --vhd-destination)")
+    .option("--generate-new-id", "a new id and new dynamic MAC addresses")
+    .option("--vhd-destination <dir>", "where copied disks go")
+    .option("--name <name>", "import under another name")
+    .option("--switch <old=new...>", "connect adapters of switch OLD to switch NEW (repeatable)")
+    .option("--compare", "only report what does not fit (exit 1 when it does not)")
+    .action(async (dir: string, o: ImportOptions) => {
+      if (o.register && o.copy) throw new VmhostError("usage", "give --register (use the files in place) or --copy, not both");
+      const body = {
+        path: resolve(dir),
+        mode: o.copy ? ("copy" as const) : ("register" as const),
+        generateNewId: o.generateNewId === true,
+        ...(o.vhdDestination ? { vhdDestination: resolve(o.vhdDestination) } : {}),
+        ...(o.name ? { name: o.name } : {}),
+        ...(o.switch?.length ? { switchMap: switchMap(o.switch)! } : {}),
+      };
+      const c = await ctx.conn();
+      if (o.compare) {
+        const job = await c.api.import.compare(body);
+        const r = await followJob<CompareReport>(c, job.id, "checking", showBar(o));
+        out(o.json, r, () => printReport(r));
+        if (!r.compatible) process.exitCode = 1;
+        return;
+      }
+      const job = await c.api.import.run(body);
+      const r = await followJob<ImportResult>(c, job.id, "importing", showBar(o));
+      out(o.json, r, () => {
+        console.log(`Imported VM "${r.vm}" (${r.id}) from ${r.path}: ${r.state}, ${r.checkpoints} checkpoint${r.checkpoints === 1 ? "" : "s"}, ${r.mode === "copy" ? "files copied" : "files used in place"}`);
+        for (const d of r.disks) console.log(`  disk ${d}`);
+        for (const m of r.messages) console.log(`  ${m}`);
+      });
+    });
+
+  changeCommand(program, "convert-generation", "Convert-VMGeneration: a new generation 2 VM \"NAME (Generation 2)\" from an Off generation 1 VM (which stays as it is), booted once")
+    .argument("<name>", "VM name or id")
+    .option("--new-name <name>", "the new VM's name")
+    .option("--dry-run", "print the plan; change nothing")
+    .option("--no-boot", "do not boot the new VM once")
+    .option("--boot-timeout <seconds>", "how long the first boot may take")
+    .option("--mbr2gpt", "a running Windows guest with its agent: run MBR2GPT /convert /allowFullOS in it first")
+    .action(async (vm: string, o: { newName?: string; dryRun?: boolean; boot?: boolean; bootTimeout?: string; mbr2gpt?: boolean; json?: boolean }) => {
+      const c = await ctx.conn();
+      if (o.mbr2gpt) {
+        const r = (await c.api.vms.mbrToGpt({ vm })) as { vm: string; validate: string; convert: string; next: string };
+        out(o.json, r, () => {
+          console.log(`${r.vm}: MBR2GPT /validate:\n${r.validate}\nMBR2GPT /convert:\n${r.convert}`);
+          console.log(`Next: ${r.next}`);
+        });
+        return;
+      }
+      const timeout = int(o.bootTimeout, "--boot-timeout");
+      const job = await c.api.vms.convertGeneration({ vm, ...(o.newName ? { newName: o.newName } : {}), dryRun: o.dryRun === true, boot: o.boot !== false, ...(timeout !== undefined ? { bootTimeoutSeconds: timeout } : {}) });
+      const r = await followJob<ConvertGenerationResult>(c, job.id, "converting", showBar(o));
+      out(o.json, r, () => printConversion(r));
+      if (r.firstBoot && !r.firstBoot.ok) process.exitCode = 1;
+    });
 }

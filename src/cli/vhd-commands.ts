@@ -1,29 +1,26 @@
 import { resolve } from "node:path";
-import type { VirtualHardDisk, ResizeVhdResult, MergeVhdResult, CompactVhdResult } from "../images/vhd.js";
-import type { ServiceClient } from "../service/client.js";
+import type { Command } from "commander";
+import type { CompactVhdResult, MergeVhdResult, ResizeVhdResult, VirtualHardDisk } from "../images/vhd.js";
 import type { VhdView } from "../service/vhd.js";
 import { VmhostError } from "../util/errors.js";
 import { formatSize, parseSize } from "../util/size.js";
-import { args, need, out } from "./args.js";
-import { Progress, streamed } from "./travel-commands.js";
+import { out } from "./args.js";
+import { changeCommand, group, readCommand, type CliContext } from "./context.js";
+import { followJob } from "./travel-commands.js";
 
-/** The virtual hard disk tools (New-VHD, Get-VHD, Convert-VHD, Resize-VHD, Merge-VHD, Optimize-VHD). */
-export const VHD_USAGE = `Virtual hard disks (New-VHD / Get-VHD / Convert-VHD / Resize-VHD / Merge-VHD / Optimize-VHD)
-  vhd new PATH --size SIZE [--fixed|--dynamic] [--format vhdx|vhd|qcow2|raw]
-  vhd new PATH.qcow2 --differencing --parent PARENT [--parent-format F] [--size SIZE]
-  vhd get PATH [--format F] [--json]      (format, sizes, parent chain, which VM uses it)
-  vhd convert SRC DST [--format vhdx|vhd|qcow2|raw] [--fixed|--dynamic] [--source-format F]
-  vhd resize PATH --size SIZE             (grow; shrink only where the partitions end before SIZE)
-  vhd merge CHILD [--keep-child]          (a differencing disk into its parent)
-  vhd compact PATH                        (dynamic vhdx/vhd and qcow2)
-  Formats are explicit (the extension, or --format); disks a running VM holds are refused.`;
+/**
+ * The virtual hard disk tools (New-VHD, Get-VHD, Convert-VHD, Resize-VHD, Merge-VHD,
+ * Optimize-VHD) over vmhostd's jobs. Formats are explicit (the extension, or --format); disks a
+ * running VM holds are refused for offline changes.
+ */
+type Fmt = "vhdx" | "vhd" | "qcow2" | "raw";
 
 const FORMATS = ["vhdx", "vhd", "qcow2", "raw"];
 
-function format(v: string | boolean | undefined, what: string): string | undefined {
+function format(v: string | boolean | undefined, what: string): Fmt | undefined {
   if (v === undefined) return undefined;
   if (typeof v !== "string" || !FORMATS.includes(v)) throw new VmhostError("usage", `${what} must be vhdx, vhd, qcow2 or raw`);
-  return v;
+  return v as Fmt;
 }
 
 function size(v: string | boolean | undefined): number | undefined {
@@ -61,65 +58,87 @@ function printDisk(d: VirtualHardDisk | VhdView): void {
   for (const [k, val] of rows) console.log(`${k.padEnd(12)} ${val}`);
 }
 
-export async function vhdCommand(api: ServiceClient, rest: string[]): Promise<number> {
-  const [sub, ...r2] = rest;
-  const { values: v, positionals: p } = args(r2, {
-    size: { type: "string" },
-    fixed: { type: "boolean" },
-    dynamic: { type: "boolean" },
-    format: { type: "string" },
-    "source-format": { type: "string" },
-    differencing: { type: "boolean" },
-    parent: { type: "string" },
-    "parent-format": { type: "string" },
-    "keep-child": { type: "boolean" },
-  });
-  const bar = new Progress(!v["json"] && process.stderr.isTTY === true);
-  const abs = (i: number, what: string) => resolve(need(p, i, what));
-  switch (sub) {
-    case "new": {
-      if ((v["differencing"] === true) !== (v["parent"] !== undefined)) throw new VmhostError("usage", "a differencing disk takes --differencing and --parent PARENT together");
-      const body = {
-        path: abs(0, "the new disk's path"),
-        format: format(v["format"], "--format"),
-        sizeBytes: size(v["size"]),
-        type: type(v),
-        parent: typeof v["parent"] === "string" ? { path: resolve(v["parent"]), format: format(v["parent-format"], "--parent-format") } : undefined,
-      };
-      const d = await streamed<VirtualHardDisk>(api, "/v1/vhd/new", body, bar);
-      out(!!v["json"], d, () => printDisk(d));
-      return 0;
-    }
-    case "get": {
-      const d = await api.call<VhdView>("POST", "/v1/vhd/get", { path: abs(0, "disk path"), format: format(v["format"], "--format") });
-      out(!!v["json"], d, () => printDisk(d));
-      return 0;
-    }
-    case "convert": {
-      const body = { source: abs(0, "source disk"), sourceFormat: format(v["source-format"], "--source-format"), destination: abs(1, "destination disk"), format: format(v["format"], "--format"), type: type(v) };
-      const d = await streamed<VirtualHardDisk>(api, "/v1/vhd/convert", body, bar);
-      out(!!v["json"], d, () => printDisk(d));
-      return 0;
-    }
-    case "resize": {
-      const s = size(v["size"]);
-      if (s === undefined) throw new VmhostError("usage", "vhd resize needs --size");
-      const r = await streamed<ResizeVhdResult>(api, "/v1/vhd/resize", { path: abs(0, "disk path"), format: format(v["format"], "--format"), sizeBytes: s }, bar);
-      out(!!v["json"], r, () => {
-        console.log(`${r.disk.path}: ${formatSize(r.previousSize)} -> ${formatSize(r.disk.size)} (${r.method}${r.gptRelocated ? ", backup GPT moved to the new end" : ""}); grow or shrink the file system inside the guest`);
+
+const showBar = (o: { json?: boolean }) => !o.json && process.stderr.isTTY === true;
+
+export function vhdCommands(program: Command, ctx: CliContext): void {
+  const vhd = group(program, "vhd", "virtual hard disks: new, get, convert, resize, merge, compact");
+  changeCommand(vhd, "new", "New-VHD: fixed or dynamic, or a differencing (qcow2) disk on a parent")
+    .argument("<path>", "the new disk")
+    .option("--size <size>", "virtual size, e.g. 20G")
+    .option("--fixed", "fully allocated")
+    .option("--dynamic", "grows as written")
+    .option("--format <format>", "vhdx, vhd, qcow2 or raw (default: the extension)")
+    .option("--differencing", "a differencing disk (needs --parent)")
+    .option("--parent <path>", "the parent of a differencing disk")
+    .option("--parent-format <format>", "the parent's format")
+    .action(async (path: string, o: Record<string, string | boolean | undefined> & { json?: boolean }) => {
+      if ((o["differencing"] === true) !== (o["parent"] !== undefined)) throw new VmhostError("usage", "a differencing disk takes --differencing and --parent PARENT together");
+      const parentFormat = format(o["parentFormat"], "--parent-format");
+      const c = await ctx.conn();
+      const job = await c.api.vhd.new({
+        path: resolve(path),
+        ...(format(o["format"], "--format") ? { format: format(o["format"], "--format")! } : {}),
+        ...(size(o["size"]) !== undefined ? { sizeBytes: size(o["size"])! } : {}),
+        ...(type(o) ? { type: type(o)! } : {}),
+        ...(typeof o["parent"] === "string" ? { parent: { path: resolve(o["parent"]), ...(parentFormat ? { format: parentFormat } : {}) } } : {}),
       });
-      return 0;
-    }
-    case "merge": {
-      const r = await streamed<MergeVhdResult>(api, "/v1/vhd/merge", { path: abs(0, "differencing disk"), format: format(v["format"], "--format"), keepChild: v["keep-child"] === true ? true : undefined }, bar);
-      out(!!v["json"], r, () => console.log(`${r.child} merged into ${r.parent.path}; the child was ${r.childAfter}`));
-      return 0;
-    }
-    case "compact": {
-      const r = await streamed<CompactVhdResult>(api, "/v1/vhd/compact", { path: abs(0, "disk path"), format: format(v["format"], "--format") }, bar);
-      out(!!v["json"], r, () => console.log(`${r.disk.path}: ${formatSize(r.fileSizeBefore)} -> ${formatSize(r.disk.fileSize)} (allocated ${formatSize(r.allocatedBefore)} -> ${formatSize(r.disk.allocatedSize)})`));
-      return 0;
-    }
-  }
-  throw new VmhostError("usage", "vhd new|get|convert|resize|merge|compact ...; run vmhost help");
+      const d = await followJob<VirtualHardDisk>(c, job.id, "creating", showBar(o));
+      out(o.json, d, () => printDisk(d));
+    });
+  readCommand(vhd, "get", "Get-VHD: format, sizes, parent chain, which VM uses it")
+    .argument("<path>", "the disk")
+    .option("--format <format>", "vhdx, vhd, qcow2 or raw (default: the extension)")
+    .action(async (path: string, o: { format?: string; json?: boolean }) => {
+      const f = format(o.format, "--format");
+      const d = (await (await ctx.conn()).api.vhd.get({ path: resolve(path), ...(f ? { format: f } : {}) })) as unknown as VhdView;
+      out(o.json, d, () => printDisk(d));
+    });
+  changeCommand(vhd, "convert", "Convert-VHD, with progress")
+    .argument("<source>", "the disk to convert")
+    .argument("<destination>", "the new disk")
+    .option("--format <format>", "the destination's format (default: its extension)")
+    .option("--source-format <format>", "the source's format (default: its extension)")
+    .option("--fixed", "fully allocated")
+    .option("--dynamic", "grows as written")
+    .action(async (source: string, destination: string, o: Record<string, string | boolean | undefined> & { json?: boolean }) => {
+      const f = format(o["format"], "--format");
+      const sf = format(o["sourceFormat"], "--source-format");
+      const c = await ctx.conn();
+      const job = await c.api.vhd.convert({ source: resolve(source), destination: resolve(destination), ...(f ? { format: f } : {}), ...(sf ? { sourceFormat: sf } : {}), ...(type(o) ? { type: type(o)! } : {}) });
+      const d = await followJob<VirtualHardDisk>(c, job.id, "converting", showBar(o));
+      out(o.json, d, () => printDisk(d));
+    });
+  changeCommand(vhd, "resize", "Resize-VHD: grow; shrink only where the partitions end before the new size")
+    .argument("<path>", "the disk")
+    .requiredOption("--size <size>", "the new virtual size, e.g. 40G")
+    .option("--format <format>", "vhdx, vhd, qcow2 or raw (default: the extension)")
+    .action(async (path: string, o: { size: string; format?: string; json?: boolean }) => {
+      const f = format(o.format, "--format");
+      const c = await ctx.conn();
+      const job = await c.api.vhd.resize({ path: resolve(path), sizeBytes: size(o.size)!, ...(f ? { format: f } : {}) });
+      const r = await followJob<ResizeVhdResult>(c, job.id, "resizing", showBar(o));
+      out(o.json, r, () => console.log(`${r.disk.path}: ${formatSize(r.previousSize)} -> ${formatSize(r.disk.size)} (${r.method}${r.gptRelocated ? ", backup GPT moved to the new end" : ""}); grow or shrink the file system inside the guest`));
+    });
+  changeCommand(vhd, "merge", "Merge-VHD: a differencing disk into its parent")
+    .argument("<child>", "the differencing disk")
+    .option("--keep-child", "keep the child as an empty overlay")
+    .option("--format <format>", "the child's format (default: its extension)")
+    .action(async (child: string, o: { keepChild?: boolean; format?: string; json?: boolean }) => {
+      const f = format(o.format, "--format");
+      const c = await ctx.conn();
+      const job = await c.api.vhd.merge({ path: resolve(child), ...(f ? { format: f } : {}), ...(o.keepChild ? { keepChild: true } : {}) });
+      const r = await followJob<MergeVhdResult>(c, job.id, "merging", showBar(o));
+      out(o.json, r, () => console.log(`${r.child} merged into ${r.parent.path}; the child was ${r.childAfter}`));
+    });
+  changeCommand(vhd, "compact", "Optimize-VHD: give back space the guest freed (dynamic vhdx/vhd and qcow2)")
+    .argument("<path>", "the disk")
+    .option("--format <format>", "vhdx, vhd, qcow2 or raw (default: the extension)")
+    .action(async (path: string, o: { format?: string; json?: boolean }) => {
+      const f = format(o.format, "--format");
+      const c = await ctx.conn();
+      const job = await c.api.vhd.compact({ path: resolve(path), ...(f ? { format: f } : {}) });
+      const r = await followJob<CompactVhdResult>(c, job.id, "compacting", showBar(o));
+      out(o.json, r, () => console.log(`${r.disk.path}: ${formatSize(r.fileSizeBefore)} -> ${formatSize(r.disk.fileSize)} (allocated ${formatSize(r.allocatedBefore)} -> ${formatSize(r.disk.allocatedSize)})`));
+    });
 }

@@ -1,26 +1,38 @@
 import { spawn } from "node:child_process";
-import { request, type RequestOptions } from "node:http";
-import { openSync, closeSync, mkdirSync } from "node:fs";
+import { closeSync, mkdirSync, openSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { VmhostClient, type Api, type Transport } from "../../packages/sdk/src/index.js";
+import { unixTransport } from "../../packages/sdk/src/node.js";
 import { hostLayout } from "../home/layout.js";
 import { VmhostError } from "../util/errors.js";
 
 const DAEMON = join(dirname(fileURLToPath(import.meta.url)), "daemon.js");
 
-/** A client of vmhostd over its unix socket; starts the service on demand. */
+const NO_SERVICE = new Set(["ENOENT", "ECONNREFUSED"]);
+
+/**
+ * The local client of vmhostd: the SDK over the home's unix socket, starting vmhostd on demand
+ * when nothing answers there (vmhostd outlives the CLI). A caller without access to the socket
+ * (not root, not in the vmhost group) gets an error that says so.
+ */
 export class ServiceClient {
   readonly layout = hostLayout();
+  readonly sdk: VmhostClient;
 
-  /** Options of an HTTP request to vmhostd, with its JSON body. */
-  requestOptions(method: string, path: string, payload: string | undefined, timeoutMs = 0): RequestOptions {
-    return {
-      socketPath: this.layout.serviceSocket,
-      method,
-      path,
-      headers: payload ? { "content-type": "application/json", "content-length": Buffer.byteLength(payload) } : {},
-      timeout: timeoutMs,
+  constructor() {
+    const inner = unixTransport(this.layout.serviceSocket);
+    const transport: Transport = {
+      request: (r) => this.withService(() => inner.request(r)),
+      websocket: (p) => this.withService(() => inner.websocket(p)),
+      close: () => inner.close?.(),
     };
+    this.sdk = new VmhostClient(transport);
+  }
+
+  /** Typed methods for every route (the SDK's). */
+  get api(): Api {
+    return this.sdk.api;
   }
 
   /** Runs a request; when no service answers on the socket, starts one and runs it once more. */
@@ -29,51 +41,46 @@ export class ServiceClient {
       return await attempt();
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code;
-      if (code !== "ENOENT" && code !== "ECONNREFUSED") throw err;
+      if (code === "EACCES") {
+        throw new VmhostError(
+          "no-access",
+          `you may not use vmhostd's socket ${this.layout.serviceSocket}: run as root or as a member of the vmhost group (usermod -aG vmhost USER, then log in again)`,
+          403,
+        );
+      }
+      if (!code || !NO_SERVICE.has(code)) throw err;
       await this.startService();
       return attempt();
     }
   }
 
-  private raw(method: string, path: string, body?: unknown, timeoutMs = 0): Promise<{ status: number; data: unknown }> {
-    const payload = body === undefined ? undefined : JSON.stringify(body);
-    return new Promise((resolve, reject) => {
-      const req = request(
-        this.requestOptions(method, path, payload, timeoutMs),
-        (res) => {
-          const chunks: Buffer[] = [];
-          res.on("data", (c: Buffer) => chunks.push(c));
-          res.on("end", () => {
-            const text = Buffer.concat(chunks).toString("utf8");
-            try {
-              resolve({ status: res.statusCode ?? 500, data: text ? (JSON.parse(text) as unknown) : null });
-            } catch {
-              reject(new Error(`vmhostd answered with something that is not JSON: ${text.slice(0, 200)}`));
-            }
-          });
-        },
-      );
-      req.on("error", reject);
-      if (payload) req.write(payload);
-      req.end();
-    });
-  }
-
+  /** A JSON call by method and path (for scripts and benchmarks; the typed `api` is the usual way). */
   async call<T = unknown>(method: string, path: string, body?: unknown): Promise<T> {
-    const res = await this.withService(() => this.raw(method, path, body));
+    const res = await this.sdk.transport.request({
+      method,
+      path,
+      headers: body === undefined ? { accept: "application/json" } : { accept: "application/json", "content-type": "application/json" },
+      ...(body === undefined ? {} : { body: JSON.stringify(body) }),
+    });
+    let text = "";
+    for await (const c of res.body) text += Buffer.from(c).toString("utf8");
+    const data = text ? (JSON.parse(text) as unknown) : null;
     if (res.status >= 400) {
-      const e = (res.data as { error?: { code?: string; message?: string } } | null)?.error;
+      const e = (data as { error?: { code?: string; message?: string } } | null)?.error;
       throw new VmhostError(e?.code ?? "error", e?.message ?? `vmhostd answered ${res.status}`, res.status);
     }
-    return res.data as T;
+    return data as T;
   }
 
   async isServiceRunning(): Promise<boolean> {
+    const probe = new VmhostClient(unixTransport(this.layout.serviceSocket));
     try {
-      await this.raw("GET", "/v1/vms", undefined, 2000);
+      await Promise.race([probe.api.session.whoami(), new Promise((_, reject) => setTimeout(() => reject(new Error("timeout")), 2000).unref())]);
       return true;
     } catch {
       return false;
+    } finally {
+      probe.close();
     }
   }
 
@@ -93,5 +100,9 @@ export class ServiceClient {
       await new Promise((r) => setTimeout(r, 25));
     }
     throw new VmhostError("service", `vmhostd did not start; see ${this.layout.serviceLog}`, 500);
+  }
+
+  close(): void {
+    this.sdk.close();
   }
 }

@@ -1,6 +1,5 @@
 import { readFile } from "node:fs/promises";
 import { join, resolve } from "node:path";
-import { z } from "zod";
 import {
   VarStoreError,
   bootOptionName,
@@ -14,7 +13,7 @@ import {
   type SecureBootNvramState,
   type VarStore,
 } from "../firmware/index.js";
-import { checkFirmwareSettings, checkStartupOrder, Gen1BootDevice, SecureBootTemplate, slotRef, type ConfigStore, type VmConfig } from "../model/index.js";
+import { checkFirmwareSettings, checkStartupOrder, slotRef, type ConfigStore, type VmConfig } from "../model/index.js";
 import { BootFailureWatch, type BootFailure } from "../supervisor/boot-failure.js";
 import type { Supervisor, VmRef } from "../supervisor/supervisor.js";
 import { writeFileAtomic } from "../util/atomic.js";
@@ -39,21 +38,9 @@ const TEMPLATE_IDS: Record<VmConfig["firmware"]["secureBootTemplate"], string> =
   OpenSourceShieldedVM: "4292ae2b-ee2c-42b5-a969-dd8f8689f6f3",
 };
 
-export const FirmwareSetRequest = z
-  .object({
-    firstBootDevice: z.string().min(1).optional(),
-    bootOrder: z.array(z.string().min(1)).min(1).optional(),
-    prune: z.boolean().default(false),
-    pruneFiles: z.boolean().default(false),
-    preferredNetworkBootProtocol: z.enum(["IPv4", "IPv6"]).optional(),
-    pauseAfterBootFailure: z.boolean().optional(),
-    secureBoot: z.boolean().optional(),
-    secureBootTemplate: SecureBootTemplate.optional(),
-    startupOrder: z.array(Gen1BootDevice).optional(),
-    networkBootPayload: z.object({ dir: z.string().min(1), file: z.string().min(1) }).strict().nullable().optional(),
-  })
-  .strict();
-export type FirmwareSetRequest = z.infer<typeof FirmwareSetRequest>;
+/** Set-VMFirmware's request: its one home is the API contract (src/api/requests.ts). */
+export { FirmwareSetRequest } from "../api/requests.js";
+import type { FirmwareSetRequest } from "../api/requests.js";
 
 export interface FirmwareDeviceView {
   type: "HardDiskDrive" | "DvdDrive" | "NetworkAdapter";

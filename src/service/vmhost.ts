@@ -146,10 +146,11 @@ export class VmHost {
   /**
    * Opens the home: private folders, an older layout migrated, interrupted changes finished or
    * undone, temp files of dead writers swept, running QEMUs adopted, switches checked.
+   * `runDirMode` 0o710 lets the socket's group reach vmhostd's socket (service/server/index.ts).
    */
-  async init(): Promise<void> {
+  async init(opts: { runDirMode?: number } = {}): Promise<void> {
     await mkdir(this.layout.home, { recursive: true, mode: 0o700 });
-    await ensurePrivateDir(this.layout.runDir);
+    await ensurePrivateDir(this.layout.runDir, opts.runDirMode);
     for (const d of [this.layout.vmsDir, this.layout.hostDir, this.layout.disksDir]) await mkdir(d, { recursive: true, mode: 0o700 });
     this.migration = await migrateHome(this.layout);
     for (const d of [this.layout.vmsDir, this.layout.hostDir, this.layout.disksDir]) await sweepTempFiles(d);

@@ -415,6 +415,46 @@ export const routes = {
   "vhd.merge": route({ method: "POST", path: "/v1/vhd/merge", role: "administrator", summary: "Merge-VHD: a differencing disk into its parent. Starts a job", body: Q.VhdMerge, reply: V.JobView, localOnly: true }),
   "vhd.compact": route({ method: "POST", path: "/v1/vhd/compact", role: "administrator", summary: "Optimize-VHD (dynamic vhdx/vhd, qcow2). Starts a job", body: Q.VhdCompact, reply: V.JobView, localOnly: true }),
 
+  // ---- many hosts (issue 12): peers, Move-VM, and the destination side of a move ------------------
+  "peers.list": route({ method: "GET", path: "/v1/peers", role: "administrator", summary: "Other vmhost hosts this service reaches (Move-VM destinations, cluster members)", reply: z.array(V.PeerView) }),
+  "peers.add": route({ method: "POST", path: "/v1/peers", role: "administrator", summary: "Enroll with another host using its trust token (vmhost trust add there)", body: Q.PeerAdd, reply: V.PeerView, localOnly: true }),
+  "peers.remove": route({ method: "DELETE", path: "/v1/peers/:name", role: "administrator", summary: "Forget a peer host", params: named, reply: V.Ok }),
+  "vms.move": route({
+    method: "POST",
+    path: vmPath("/move"),
+    role: "administrator",
+    summary: "Move-VM: live migration to a peer host (with --include-storage the disks are copied while the guest runs). Starts a job",
+    params: vm,
+    body: Q.Move,
+    reply: V.JobView,
+  }),
+  "vms.moveCompare": route({
+    method: "POST",
+    path: vmPath("/move/compare"),
+    role: "administrator",
+    summary: "Compare-VM for a move: what would not fit on the destination, each with its fix; nothing changes",
+    params: vm,
+    body: Q.Move,
+    reply: V.MoveCompare,
+    change: false,
+  }),
+  "migrations.compare": route({ method: "POST", path: "/v1/migrations/compare", role: "administrator", summary: "Host to host: would this VM fit here", body: Q.MigrationPrepare, reply: V.MoveCompare, change: false }),
+  "migrations.prepare": route({ method: "POST", path: "/v1/migrations", role: "administrator", summary: "Host to host: reserve a move into this host", body: Q.MigrationPrepare, reply: V.Ok }),
+  "migrations.upload": route({
+    method: "PUT",
+    path: "/v1/migrations/:id/files",
+    kind: "upload",
+    role: "administrator",
+    summary: "Host to host: a file of the moving VM's checkpoints",
+    params: Q.MigrationId,
+    query: Q.MigrationUpload,
+    reply: V.Ok,
+  }),
+  "migrations.start": route({ method: "POST", path: "/v1/migrations/:id/start", role: "administrator", summary: "Host to host: make the VM here and wait for the stream, guest paused", params: Q.MigrationId, reply: V.MigrationStart }),
+  "migrations.finish": route({ method: "POST", path: "/v1/migrations/:id/finish", role: "administrator", summary: "Host to host: the stream is complete, run the guest here", params: Q.MigrationId, reply: V.MigrationStatus }),
+  "migrations.abort": route({ method: "POST", path: "/v1/migrations/:id/abort", role: "administrator", summary: "Host to host: throw the move away here", params: Q.MigrationId, reply: V.Ok }),
+  "migrations.status": route({ method: "GET", path: "/v1/migrations/:id", role: "administrator", summary: "Host to host: where a move into this host stands", params: Q.MigrationId, reply: V.MigrationStatus }),
+
   "audit.list": route({ method: "GET", path: "/v1/audit", role: "administrator", summary: "The audit log: every change, who, when, result (newest last)", query: Q.AuditQuery, reply: z.array(V.AuditEntry) }),
 };
 

@@ -188,3 +188,19 @@ export const ConvertGeneration = z
     bootTimeoutSeconds: z.number().int().positive().max(3600).optional(),
   })
   .strict();
+
+// ---- many hosts: peers and live migration (Move-VM) ----
+export const PeerAdd = z.object({ name: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/, "is not a peer name (letters, digits, . _ -)"), url: z.string().url(), token: z.string().min(16).max(4096) }).strict();
+export const Move = z
+  .object({
+    destination: z.string().min(1).max(63),
+    includeStorage: z.boolean().default(false),
+    destinationStoragePath: z.string().min(1).max(4096).optional(),
+    /** The destination address the streams use: a network the user names (default: the peer's API address). */
+    migrationAddress: z.string().min(1).max(255).optional(),
+    downtimeLimitMs: z.number().int().min(10).max(60_000).optional(),
+  })
+  .strict();
+export { PrepareRequest as MigrationPrepare } from "./migration.js";
+export const MigrationId = z.object({ id: z.string().uuid() }).strict();
+export const MigrationUpload = z.object({ rel: z.string().regex(/^[A-Za-z0-9._-]+(\/[A-Za-z0-9._-]+)*$/, "is not a relative file name") }).strict();

@@ -266,3 +266,11 @@ export const Ok = z.object({ ok: z.literal(true) });
 
 /** A reply whose shape is its producer's (a service object passed through as JSON; documented there). */
 export const Passthrough = z.object({}).passthrough();
+
+export const PeerView = z.object({ name: z.string(), url: z.string(), fingerprint: z.string(), role: z.string(), addedAt: z.string() });
+export const MoveCompare = z.object({ fits: z.boolean(), incompatibilities: z.array(z.object({ what: z.string(), fix: z.string() })) });
+export const MigrationStart = z.object({
+  migrationUri: z.string(),
+  nbd: z.object({ host: z.string(), port: z.string(), exports: z.array(z.object({ slot: z.string(), exportName: z.string(), sync: z.enum(["full", "top"]) })) }).optional(),
+});
+export const MigrationStatus = z.object({ migrationId: z.string(), vm: z.string(), phase: z.enum(["prepared", "waiting", "received", "running", "gone"]) });

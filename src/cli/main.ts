@@ -16,6 +16,7 @@ import { networkCommands } from "./network-commands.js";
 import { serviceCommands } from "./service.js";
 import { travelCommands } from "./travel-commands.js";
 import { vhdCommands } from "./vhd-commands.js";
+import { hostsCommands } from "./hosts-commands.js";
 
 /**
  * The `vmhost` command line, on commander (the most used Node CLI library, kept and typed: nested
@@ -296,6 +297,7 @@ export function buildProgram(ctx: CliContext): Command {
   checkpointCommands(program, ctx);
   travelCommands(program, ctx);
   vhdCommands(program, ctx);
+  hostsCommands(program, ctx);
   firmwareCommands(program, ctx);
   guestCommands(program, ctx);
   networkCommands(program, ctx);

@@ -16,7 +16,8 @@ import { VmChanges } from "./changes.js";
 import { CheckpointManager } from "./checkpoints.js";
 import { GenerationConverter } from "./convert.js";
 import { IncomingMigrations } from "./migration/incoming.js";
-import { MoveManager } from "./migration/move.js";
+import { MoveManager, hostName } from "./migration/move.js";
+import { HostPeers } from "./migration/peers.js";
 import { DeviceManager } from "./devices.js";
 import { DiskPolicy } from "./disks.js";
 import { FirmwareManager } from "./firmware.js";
@@ -61,6 +62,8 @@ export class VmHost {
   /** Move-VM: this host as a source (moves) and as a destination (incoming). */
   readonly moves: MoveManager;
   readonly incoming: IncomingMigrations;
+  /** Other vmhost hosts this one reaches (host/peers/). */
+  readonly peers: HostPeers;
   private accel?: Promise<AccelDecision>;
   /** What opening the home did to an older layout (empty when it was current). */
   migration?: MigrationReport;
@@ -138,6 +141,7 @@ export class VmHost {
       disksDir: this.layout.disksDir,
     });
     this.incoming = new IncomingMigrations({ layout: this.layout, store: this.store, supervisor: this.supervisor, changes: this.changes, network: this.network, hostCapacity: () => this.hostCapacity() });
+    this.peers = new HostPeers(join(this.layout.hostDir, "peers"), hostName);
     this.moves = new MoveManager({ layout: this.layout, store: this.store, supervisor: this.supervisor, checkpoints: this.checkpoints, network: this.network });
     // Every state change is journaled, so `events` tells the VM's whole story.
     this.supervisor.on("state", (vm, state) => void this.supervisor.event(vm, "state", `state: ${state}`, { state }));

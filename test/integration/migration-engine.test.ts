@@ -4,7 +4,7 @@ import { mkdtemp, readFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { VmHost } from "../../src/service/vmhost.js";
-import type { MigrationPeer } from "../../src/service/migration/protocol.js";
+import type { MigrationPeer } from "../../src/api/migration.js";
 import { BOOT_TIMEOUT_MS, READY, sleep, typeInto } from "../helpers/harness.js";
 
 /**

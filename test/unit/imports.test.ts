@@ -61,6 +61,7 @@ test("folders import only what DEVELOPERS.md allows (model knows nothing of QEMU
     firmware: ["util"],
     engine: ["model", "home", "util"],
     checkpoints: ["model", "home", "images", "util"],
+    api: ["model", "images", "checkpoints", "home", "util"],
     images: ["util"],
     guest: ["engine", "model", "home", "util"],
     supervisor: ["model", "engine", "home", "util"],

@@ -17,7 +17,7 @@ import type { Supervisor } from "../../supervisor/supervisor.js";
 import { VmhostError, notFound } from "../../util/errors.js";
 import { pathExists } from "../../util/fs.js";
 import type { VmChanges } from "../changes.js";
-import type { CompareReply, Incompatibility, IncomingStatus, PrepareRequest, StartReply } from "./protocol.js";
+import type { CompareReply, Incompatibility, IncomingStatus, PrepareRequest, StartReply } from "../../api/migration.js";
 
 /** The record of a migration into this host, in the VM's folder until it finishes or is thrown away. */
 const IncomingRecord = z
@@ -255,10 +255,30 @@ export class IncomingMigrations {
         nbd = { host: req.listenAddress, port: nbdPort, exports: mirrors };
       }
       await rm(p.dir, { recursive: true, force: true });
+      if (process.env["VMHOST_TEST_KILL_AT"] === "incoming-stream") void this.dieMidStream(vm);
       return { migrationUri: `tcp:${req.listenAddress}:${port}`, ...(nbd ? { nbd } : {}) };
     } catch (err) {
       await this.abort(migrationId).catch(() => undefined);
       throw err;
+    }
+  }
+
+  /**
+   * Test only (VMHOST_TEST_KILL_AT=incoming-stream): this whole host dies half way through an
+   * incoming migration: once the stream is flowing, its QEMU and then vmhostd are SIGKILLed, as a
+   * power cut would. Deterministic: it acts on QEMU's own "active" state, not on a delay.
+   */
+  private async dieMidStream(vm: VmConfig): Promise<void> {
+    for (;;) {
+      const mon = this.supervisor.monitorOf(vm);
+      if (!mon) return;
+      const s = await mon.queryMigrate().catch(() => ({ status: undefined }));
+      if (s.status === "active" || s.status === "completed") {
+        const pid = (await this.supervisor.view(vm)).pid;
+        if (pid) process.kill(pid, "SIGKILL");
+        process.kill(process.pid, "SIGKILL");
+      }
+      await new Promise((r) => setTimeout(r, 5));
     }
   }
 

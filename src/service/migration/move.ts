@@ -14,7 +14,7 @@ import type { Supervisor } from "../../supervisor/supervisor.js";
 import { VmhostError } from "../../util/errors.js";
 import type { CheckpointManager } from "../checkpoints.js";
 import { appendHostEvent } from "./incoming.js";
-import type { CompareReply, MigrationPeer, PrepareRequest } from "./protocol.js";
+import type { CompareReply, MigrationPeer, PrepareRequest } from "../../api/migration.js";
 
 export interface MoveOptions {
   /** Copy the disks (and checkpoint images) while the guest runs; else both hosts see the same storage. */

@@ -79,6 +79,26 @@ const vhdResizeJob = travelJob<HostInput<z.output<typeof Q.VhdResize>>>("vhd-res
 const vhdMergeJob = travelJob<HostInput<z.output<typeof Q.VhdMerge>>>("vhd-merge", true, (i, p, s) => i.host.vhd.merge(i.req, p, s));
 const vhdCompactJob = travelJob<HostInput<z.output<typeof Q.VhdCompact>>>("vhd-compact", true, (i, p, s) => i.host.vhd.compact(i.req, p, s));
 
+/** Move-VM as a job: not cancellable (a move stops only at its own safe points: it fails back to the source). */
+const moveJob = defineJob<{ host: VmHost; vm: string; req: z.output<typeof Q.Move> }, unknown>({
+  kind: "move",
+  cancellable: false,
+  run: async (ctx, i) => {
+    const peer = await i.host.peers.migrationPeer(i.req.destination);
+    try {
+      return await i.host.moves.move(i.vm, peer, {
+        includeStorage: i.req.includeStorage,
+        ...(i.req.destinationStoragePath ? { destinationStoragePath: i.req.destinationStoragePath } : {}),
+        listenAddress: i.req.migrationAddress ?? peer.address,
+        ...(i.req.downtimeLimitMs ? { downtimeLimitMs: i.req.downtimeLimitMs } : {}),
+        onProgress: (phase, f) => ctx.progress(Math.round(Math.min(1, f) * 1000), 1000, phase),
+      });
+    } finally {
+      peer.close();
+    }
+  },
+});
+
 /** Get-VM's view as this caller may see it: host paths only for local callers. */
 async function view(c: HandlerContext, vm: VmConfig): Promise<VmView> {
   const v = await c.host.vms.view(vm);
@@ -96,6 +116,40 @@ const owner = (c: HandlerContext, vm?: string) => ({ by: c.caller.name, role: ro
 
 /** vmhostd's handler of every route of the contract (src/api/contract.ts). */
 export const handlers: Handlers = {
+  "peers.list": (c) => c.host.peers.list(),
+  "peers.add": (c, { body }) => c.host.peers.add(body.name, body.url, body.token),
+  "peers.remove": async (c, { params }) => {
+    await c.host.peers.remove(params.name);
+    return { ok: true as const };
+  },
+  "vms.move": async (c, { params, body }) => {
+    const vm = await c.host.vms.get(params.vm);
+    return c.jobs.start(moveJob, { host: c.host, vm: vm.id, req: body }, owner(c, vm.name));
+  },
+  "vms.moveCompare": async (c, { params, body }) => {
+    const peer = await c.host.peers.migrationPeer(body.destination);
+    try {
+      return await c.host.moves.compare(params.vm, peer, { includeStorage: body.includeStorage, ...(body.destinationStoragePath ? { destinationStoragePath: body.destinationStoragePath } : {}), listenAddress: body.migrationAddress ?? peer.address });
+    } finally {
+      peer.close();
+    }
+  },
+  "migrations.compare": (c, { body }) => c.host.incoming.compare(body),
+  "migrations.prepare": async (c, { body }) => {
+    await c.host.incoming.prepare(body);
+    return { ok: true as const };
+  },
+  "migrations.upload": async (c, { params, query }, data) => {
+    await c.host.incoming.upload(params.id, query.rel, data);
+    return { ok: true as const };
+  },
+  "migrations.start": (c, { params }) => c.host.incoming.start(params.id),
+  "migrations.finish": (c, { params }) => c.host.incoming.finish(params.id),
+  "migrations.abort": async (c, { params }) => {
+    await c.host.incoming.abort(params.id);
+    return { ok: true as const };
+  },
+  "migrations.status": (c, { params }) => c.host.incoming.status(params.id),
   "vms.export": async (c, { params, body }) => {
     const vm = await c.host.vms.get(params.vm);
     return c.jobs.start(exportJob, { host: c.host, vm: vm.id, req: body }, owner(c, vm.name));

@@ -1,6 +1,6 @@
 import { z } from "zod";
-import { CheckpointTree } from "../../checkpoints/tree.js";
-import { DiskFormat, VmConfig } from "../../model/schema.js";
+import { CheckpointTree } from "../checkpoints/tree.js";
+import { DiskFormat, VmConfig } from "../model/schema.js";
 
 /**
  * What two vmhostd hosts say to each other to move a running VM (Move-VM), over the
